@@ -1,0 +1,249 @@
+"""RSG: the Rare-class Sample Generator (Wang et al., "RSG: A Simple but Effective Module for Learning
+Imbalanced Datasets", CVPR 2021), device-agnostic and vectorised.
+
+The module reproduces the official implementation's outputs and gradients (see ``rsg-spec.md`` and the golden
+vectors), including its quirks, with three changes that do not alter the maths:
+
+* the centre distances are expanded algebraically instead of materialising ``[B, K, C, H, W]`` tensors;
+* every MV segment is processed in one batched call instead of a Python loop (all segments have the same size,
+  so the mean over segments of per-segment means is the mean over all pairs);
+* the contrastive module is frozen after the threshold by running it with detached weights, so
+  ``requires_grad`` never changes and DistributedDataParallel keeps a stable parameter set.
+
+The only host synchronisation is reading the head/tail counts, which fix the number of generated samples.
+"""
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+__all__ = ['RSG', 'RSGForwardOutput', 'plan_mv_pairs']
+
+
+class RSGForwardOutput(NamedTuple):
+    """What :meth:`RSG.forward` returns: the official 4-tuple, with names."""
+    feature_maps: torch.Tensor  # [B + G, C, H, W]: the real maps, then the G generated ones
+    loss_cesc: torch.Tensor
+    loss_mv: torch.Tensor
+    target: torch.Tensor  # [B + G]
+
+
+def plan_mv_pairs(
+        head_idx: torch.Tensor,
+        tail_idx: torch.Tensor,
+        strength: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pair head with tail samples the way the official segment loop does, as two index vectors.
+
+    With ``nh >= nt`` segment ``j`` pairs heads ``[j*nt, (j+1)*nt)`` with every tail; otherwise it pairs every
+    head with tails ``[j*nh, (j+1)*nh)``. The segment count ``S = max(1, int(n_big * strength / n_small))`` is
+    clamped to the number of full segments, so ``strength > 1`` never reads past the end.
+
+    Args:
+        head_idx: batch positions of the head samples, in batch order (``[nh]``, ``nh >= 1``).
+        tail_idx: batch positions of the tail samples, in batch order (``[nt]``, ``nt >= 1``).
+        strength: the transfer strength ``s``.
+
+    Returns:
+        ``(a, b)`` batch positions of the head and tail sample of every pair, segment after segment.
+    """
+    nh, nt = head_idx.numel(), tail_idx.numel()
+    big, small = max(nh, nt), min(nh, nt)
+    segments = min(max(1, int(big * strength / small)), big // small)
+    if nh >= nt:
+        return head_idx[:segments * nt], tail_idx.repeat(segments)
+    return head_idx.repeat(segments), tail_idx[:segments * nh]
+
+
+class RSG(nn.Module):
+    """Rare-class Sample Generator, placed after one stage of a CNN during training only.
+
+    Args:
+        n_center: centres per class (``K``).
+        feature_maps_shape: ``[C, H, W]`` of the stage output it receives.
+        num_classes: number of classes (``N``).
+        contrastive_module_dim: width of the contrastive (pair) classifier (``D``).
+        head_class_lists: class ids treated as head classes; every other class is a tail class.
+        transfer_strength: how many head samples are transferred per tail sample (``s``).
+        epoch_thresh: last epoch of the CESC phase (``T``); generation runs for ``epoch > T``.
+    """
+
+    def __init__(
+            self,
+            n_center: int = 3,
+            feature_maps_shape: Sequence[int] = (32, 16, 16),
+            num_classes: int = 10,
+            contrastive_module_dim: int = 128,
+            head_class_lists: Sequence[int] = (),
+            transfer_strength: float = 1.0,
+            epoch_thresh: int = 100,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if len(feature_maps_shape) != 3:
+            raise ValueError(f'feature_maps_shape must be [C, H, W], got {list(feature_maps_shape)}')
+        if transfer_strength <= 0:
+            raise ValueError(f'transfer_strength must be > 0, got {transfer_strength}')
+        self.C, self.H, self.W = (int(v) for v in feature_maps_shape)
+        self.num_classes = num_classes
+        self.n_center = n_center
+        self.contrastive_module_dim = contrastive_module_dim
+        self.strength = float(transfer_strength)
+        self.epoch_thresh = epoch_thresh
+        C, K, D = self.C, n_center, contrastive_module_dim
+
+        # Names and shapes follow the official module so its state_dict loads as is.
+        self.linear = nn.Parameter(torch.randn(num_classes, C, K, **dd))
+        self.bias = nn.Parameter(torch.ones(num_classes, K, **dd))
+        self.centers = nn.Parameter(torch.zeros(num_classes, K, C, **dd))
+        self.vec_transformation_module = nn.Sequential(nn.Conv2d(C, C, 3, padding=1, **dd))
+        self.contrastive_module = nn.Sequential(
+            nn.Conv2d(2 * C, D, 1, **dd),
+            nn.ReLU(),
+            nn.Conv2d(D, D, 3, padding=1, **dd),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(1),
+        )
+        self.contrastive_fc = nn.Linear(D, 2, **dd)
+        self.register_buffer('head_mask', torch.zeros(num_classes, dtype=torch.bool, device=device), persistent=False)
+        self.set_head_classes(head_class_lists)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.contrastive_fc.weight)
+        nn.init.zeros_(self.contrastive_fc.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f'feature_maps_shape={[self.C, self.H, self.W]}, num_classes={self.num_classes}, '
+            f'n_center={self.n_center}, contrastive_module_dim={self.contrastive_module_dim}, '
+            f'transfer_strength={self.strength}, epoch_thresh={self.epoch_thresh}, '
+            f'num_head_classes={int(self.head_mask.sum())}'
+        )
+
+    def set_head_classes(self, head_class_lists: Union[Sequence[int], torch.Tensor]) -> None:
+        """Replace the stored head classes (used when ``forward`` gets no ``head_class_lists``)."""
+        self.head_mask.copy_(self._head_mask(head_class_lists, self.head_mask.device))
+
+    def _head_mask(self, head_class_lists: Union[Sequence[int], torch.Tensor], device) -> torch.Tensor:
+        ids = torch.as_tensor(list(head_class_lists) if not torch.is_tensor(head_class_lists) else head_class_lists,
+                              dtype=torch.long)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_classes):
+            raise ValueError(f'head class ids must lie in [0, {self.num_classes}), got {ids.tolist()}')
+        mask = torch.zeros(self.num_classes, dtype=torch.bool)
+        mask[ids] = True
+        return mask.to(device)
+
+    def _center_logits(self, pooled: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample centre-assignment logits ``p_i · linear[y_i] + bias[y_i]``, ``[B, K]``."""
+        return torch.einsum('bc,bck->bk', pooled, self.linear[target].float()) + self.bias[target].float()
+
+    def _cesc_center_loss(self, g: torch.Tensor, pooled: torch.Tensor, gamma: torch.Tensor,
+                          target: torch.Tensor) -> torch.Tensor:
+        """``(1/B) Σ_i Σ_k γ_ik ||g_i − c_{y_i k}||²`` with the centre broadcast over positions, in float32.
+
+        Expanded as ``||g_i||² − 2HW p_i·c + HW ||c||²`` so no ``[B, K, C, H, W]`` tensor exists.
+        """
+        hw = g.shape[2] * g.shape[3]
+        centers = self.centers[target].float()  # [B, K, C]
+        sq_norm = g.float().pow(2).sum(dim=(1, 2, 3))  # [B]
+        dist = sq_norm[:, None] - 2 * hw * torch.einsum('bc,bkc->bk', pooled, centers) + hw * centers.pow(2).sum(-1)
+        return (gamma.float() * dist).sum() / g.shape[0]
+
+    def _pair_logits(self, x: torch.Tensor, frozen: bool) -> torch.Tensor:
+        """Same-class logits of the contrastive module; ``frozen`` runs it with detached weights."""
+        if not frozen:
+            return self.contrastive_fc(self.contrastive_module(x))
+        detached = lambda m: {k: v.detach() for k, v in m.named_parameters()}  # noqa: E731
+        feats = functional_call(self.contrastive_module, detached(self.contrastive_module), (x,))
+        return functional_call(self.contrastive_fc, detached(self.contrastive_fc), (feats,))
+
+    def _cesc_pair_loss(self, g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of "same class?" on (first half, second half) pairs; an odd last sample stays unpaired."""
+        half = g.shape[0] // 2
+        pairs = torch.cat([g[:half], g[half:2 * half]], dim=1)
+        same = (target[:half] == target[half:2 * half]).long()
+        return F.cross_entropy(self._pair_logits(pairs, frozen=False).float(), same)
+
+    def _generate(self, g: torch.Tensor, target: torch.Tensor, gamma: torch.Tensor, a: torch.Tensor,
+                  b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Transfer head variation onto tail samples for the pairs ``(a, b)``; returns ``(z, loss_mv)``."""
+        nearest = gamma.argmax(dim=1)  # each sample's closest centre
+        centers = self.centers.detach()
+        c_head = centers[target[a], nearest[a]][:, :, None, None]  # [P, C, 1, 1]
+        c_tail = centers[target[b], nearest[b]][:, :, None, None]
+        g_head, g_tail = g[a], g[b]
+        v = g_head - c_head.to(g.dtype)  # head variation around its closest centre
+        v_t = self.vec_transformation_module(v)
+        z = g_tail + v_t.to(g_tail.dtype)
+        u = g_tail - c_tail.to(g.dtype)
+
+        # The official code reshapes NCHW maps into rows of C *consecutive* elements (not per-position channel
+        # vectors); the norm and direction terms keep that quirk.
+        C = g.shape[1]
+        rows_v, rows_vt, rows_u = (t.float().reshape(-1, C) for t in (v, v_t, u))
+        norm_gap = (rows_vt.norm(dim=1) - rows_v.norm(dim=1)).abs().sum()
+        direction = (F.normalize(rows_u, dim=1) * F.normalize(rows_vt, dim=1) - 1).abs().sum()
+        pair_logits = self._pair_logits(torch.cat([g_head, v_t.to(g_head.dtype)], dim=1), frozen=True).float()
+        n_pairs = a.numel()
+        # Every segment holds the same number of pairs, so the mean of per-segment losses is the overall mean.
+        loss_mv = F.cross_entropy(pair_logits, torch.zeros_like(a)) + (norm_gap + direction) / n_pairs
+        return z, loss_mv
+
+    def forward(
+            self,
+            feature_maps: torch.Tensor,
+            head_class_lists: Optional[Union[Sequence[int], torch.Tensor]] = None,
+            target: Optional[torch.Tensor] = None,
+            epoch: int = 0,
+    ) -> RSGForwardOutput:
+        """Compute the CESC (and, after the threshold, MV) losses and append generated tail samples.
+
+        Args:
+            feature_maps: stage output ``[B, C, H, W]``; passed through with its gradient.
+            head_class_lists: head class ids for this call; ``None`` uses the stored ones.
+            target: labels ``[B]``.
+            epoch: current epoch; ``epoch > epoch_thresh`` switches from the pair loss to generation.
+
+        Returns:
+            ``(feature_maps, loss_cesc, loss_mv, target)`` with the generated samples appended.
+        """
+        if target is None:
+            raise ValueError('RSG needs the batch labels: call it as rsg(feature_maps=f, target=y, epoch=e)')
+        if feature_maps.dim() != 4 or feature_maps.shape[1] != self.C:
+            raise ValueError(f'RSG expects feature maps [B, {self.C}, H, W], got {list(feature_maps.shape)}')
+        if target.shape != feature_maps.shape[:1]:
+            raise ValueError(f'target must have shape [{feature_maps.shape[0]}], got {list(target.shape)}')
+        head_mask = self.head_mask if head_class_lists is None else self._head_mask(head_class_lists,
+                                                                                     target.device)
+        g = feature_maps.detach()
+        # Centre assignment and the CESC distances stay in float32 under autocast.
+        with torch.autocast(device_type=g.device.type, enabled=False):
+            pooled = g.float().mean(dim=(2, 3))  # [B, C]
+            gamma = self._center_logits(pooled, target).float().softmax(dim=1)  # [B, K]
+            loss_cesc = self._cesc_center_loss(g, pooled, gamma, target)
+        generate = epoch > self.epoch_thresh
+        if not generate and g.shape[0] >= 2:
+            loss_cesc = loss_cesc + self._cesc_pair_loss(g, target)
+
+        loss_mv = loss_cesc.new_zeros(())
+        out, out_target = feature_maps, target
+        if generate:
+            is_tail = ~head_mask[target]
+            num_tail = int(is_tail.sum())  # the one host sync: it fixes how many samples are generated
+            num_head = target.numel() - num_tail
+            if num_head and num_tail:
+                order = torch.argsort(is_tail.to(torch.int8), stable=True)  # heads first, batch order kept
+                a, b = plan_mv_pairs(order[:num_head], order[num_head:], self.strength)
+                z, loss_mv = self._generate(g, target, gamma.detach(), a, b)
+                out = torch.cat([feature_maps, z.to(feature_maps.dtype)], dim=0)
+                out_target = torch.cat([target, target[b]], dim=0)
+        return RSGForwardOutput(out, loss_cesc, loss_mv, out_target)
