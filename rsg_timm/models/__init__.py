@@ -1,0 +1,11 @@
+"""Model definitions; importing this package registers ``cifar_resnet*`` and every ``rsg_*`` model with timm.
+
+``cifar_resnet`` must be imported first: the RSG registry wraps every backbone registered at that point.
+"""
+from .cifar_resnet import BasicBlock, CifarResNet, NormedLinear, checkpoint_filter_fn
+from .rsg_model import RSGCifarResNet, RSGMixin, RSGOutput, RSGResNet, backbone_arch
+
+__all__ = [
+    'BasicBlock', 'CifarResNet', 'NormedLinear', 'checkpoint_filter_fn',
+    'RSGCifarResNet', 'RSGMixin', 'RSGOutput', 'RSGResNet', 'backbone_arch',
+]

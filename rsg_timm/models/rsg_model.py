@@ -1,0 +1,325 @@
+"""RSG models: a registered backbone with RSG inserted after one stage, active only while training with labels.
+
+For every backbone arch present when rsg_timm is imported, ``rsg_<arch>`` is registered with timm:
+
+* the CIFAR ResNets, named without their prefix (``cifar_resnet32`` -> ``rsg_resnet32``), RSG after stage 2 and
+  ``rsg_epoch_thresh=159`` by default (the paper's 200-epoch CIFAR-LT recipe);
+* every timm arch whose entrypoint builds a timm ``ResNet`` (resnet*, resnext*, seresnext*, wide_resnet*,
+  ecaresnet*, res2net*, resnest*, skresnet*, test_resnet, ...), RSG after stage 3 and ``rsg_epoch_thresh=79`` by
+  default (the ImageNet-LT recipe: 90 epochs, generation over the last 10).
+
+Discovery reads each entrypoint's return annotation, so importing builds no model. An RSG model is its backbone,
+built by the backbone's own timm entrypoint, with its class switched to a subclass that adds RSG (``RSGResNet``,
+``RSGCifarResNet``): the state_dict keys are the backbone's plus ``rsg.*``, ``pretrained=True`` loads the backbone's
+default timm weights (RSG starts fresh), and RSG is registered after the head so that ``features_only`` gives the
+backbone's features. ``model(x)`` returns logits (eval, validation, export and every timm tool see the backbone);
+``model(x, target=y)`` in train mode returns an :class:`RSGOutput`.
+
+Hacked together for rsg_timm; Apache-2.0.
+"""
+import inspect
+import logging
+import math
+import warnings
+from functools import partial
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+import torch.nn as nn
+from timm.layers import get_device_dtype
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, model_entrypoint, \
+    register_model
+from timm.models._manipulate import checkpoint_seq
+from timm.models.resnet import ResNet
+
+from ..rsg import RSG
+from .cifar_resnet import CifarResNet, _check_checkpoint_keys, _unwrap_checkpoint, checkpoint_filter_fn
+
+__all__ = ['RSGOutput', 'RSGMixin', 'RSGResNet', 'RSGCifarResNet', 'backbone_arch']  # register_model adds each rsg_* entrypoint
+
+_logger = logging.getLogger(__name__)
+
+
+class RSGOutput(NamedTuple):
+    """What an RSG model returns when called with labels in train mode."""
+    logits: torch.Tensor  # [B + G, num_classes]: the batch, then the G generated samples
+    target: torch.Tensor  # [B + G]: the labels, then the generated samples' labels
+    loss_cesc: torch.Tensor
+    loss_mv: torch.Tensor
+    aux_loss: torch.Tensor  # rsg_cesc_weight * loss_cesc + rsg_mv_weight * loss_mv; add it to the classifier loss
+
+
+class RSGMixin:
+    """Adds a training-only RSG after stage ``layer{rsg_stage}`` of a backbone with timm's interface.
+
+    The backbone needs ``feature_info`` (stem first, then stages named ``layerN``), ``forward_intermediates`` and
+    ``forward_head``. ``forward_features``, ``forward_intermediates``, ``group_matcher`` (RSG parameters fall in the
+    final, head-like group) and everything else stay the backbone's. The train path honours grad checkpointing
+    for the backbone stages; RSG itself is not checkpointed (its activations are one stage's worth).
+    """
+
+    @classmethod
+    def from_backbone(
+            cls,
+            backbone_name: str,
+            *,
+            rsg_stage: int,
+            rsg_epoch_thresh: int,
+            rsg_n_center: int = 15,
+            rsg_contrastive_dim: int = 256,
+            rsg_strength: float = 1.0,
+            rsg_head_ratio: float = 0.2,
+            rsg_cesc_weight: float = 0.1,
+            rsg_mv_weight: float = 0.01,
+            **kwargs,
+    ) -> nn.Module:
+        """Build ``backbone_name`` through its timm entrypoint (``kwargs`` go there) and add RSG.
+
+        Args:
+            backbone_name: registered timm arch, built with ``pretrained=False``.
+            rsg_stage: RSG runs on the output of ``layer{rsg_stage}``.
+            rsg_epoch_thresh: last epoch of the CESC phase; samples are generated for ``epoch > rsg_epoch_thresh``.
+            rsg_n_center: centres per class.
+            rsg_contrastive_dim: width of the contrastive module.
+            rsg_strength: transfer strength.
+            rsg_head_ratio: share of classes (the most frequent ones) treated as head classes.
+            rsg_cesc_weight: weight of the CESC loss in ``aux_loss``.
+            rsg_mv_weight: weight of the MV loss in ``aux_loss``.
+        """
+        model = timm.create_model(backbone_name, **kwargs)
+        base = cls.__bases__[-1]
+        if type(model) is not base:
+            raise TypeError(
+                f'{backbone_name} builds {type(model).__name__}, not {base.__name__}; {cls.__name__} only adds RSG '
+                f'to {base.__name__} itself (a subclass could override what the switch of class would drop)')
+        model.__class__ = cls  # adds methods only: the modules, parameters and state_dict keys stay the backbone's
+        model.backbone_name = backbone_name
+        model.backbone_kwargs = dict(kwargs)
+        model._init_rsg(
+            stage=rsg_stage, n_center=rsg_n_center, contrastive_dim=rsg_contrastive_dim, strength=rsg_strength,
+            epoch_thresh=rsg_epoch_thresh, head_ratio=rsg_head_ratio, cesc_weight=rsg_cesc_weight,
+            mv_weight=rsg_mv_weight)
+        return model
+
+    def _init_rsg(
+            self,
+            stage: int,
+            n_center: int,
+            contrastive_dim: int,
+            strength: float,
+            epoch_thresh: int,
+            head_ratio: float,
+            cesc_weight: float,
+            mv_weight: float,
+    ) -> None:
+        module_names = [info['module'] for info in self.feature_info]
+        if f'layer{stage}' not in module_names[1:]:
+            raise ValueError(
+                f'rsg_stage={stage} is not a stage of {self.backbone_name}; '
+                f'pass one of {list(range(1, len(module_names)))}')
+        if not 0. <= head_ratio <= 1.:
+            raise ValueError(f'rsg_head_ratio must lie in [0, 1], got {head_ratio}')
+        index = module_names.index(f'layer{stage}')
+        info = self.feature_info[index]
+        # [C, H, W] of that stage at the cfg's input size (RSG records it; its maths follow the actual maps).
+        input_size = self.pretrained_cfg['input_size']
+        feature_shape = [info['num_chs']] + [math.ceil(s / info['reduction']) for s in input_size[1:]]
+        self.rsg_stage = stage
+        self.rsg_head_ratio = head_ratio
+        self.rsg_cesc_weight = cesc_weight
+        self.rsg_mv_weight = mv_weight
+        self.rsg_epoch = 0
+        self.rsg_class_counts: Optional[List[int]] = None
+        self._rsg_index = index
+        self._rsg_later_stages = tuple(module_names[index + 1:])
+        self._rsg_args = dict(
+            n_center=n_center, feature_maps_shape=feature_shape, contrastive_module_dim=contrastive_dim,
+            transfer_strength=strength, epoch_thresh=epoch_thresh)
+        self._rsg_head_warned = False
+        self.rsg = self._create_rsg_module()  # registered after the head: FeatureListNet stops before it
+
+    def _create_rsg_module(self) -> RSG:
+        """A fresh RSG for the current classes; head classes follow the official rule until class counts arrive."""
+        num_head = int(self.rsg_head_ratio * self.num_classes)
+        return RSG(
+            num_classes=self.num_classes, head_class_lists=list(range(num_head)), **self._rsg_args,
+            **get_device_dtype(self))
+
+    @property
+    def rsg_head_classes(self) -> List[int]:
+        """Class ids RSG currently treats as head classes."""
+        return self.rsg.head_mask.nonzero().flatten().tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the RSG phase: CESC while ``epoch <= rsg_epoch_thresh``, generation after."""
+        self.rsg_epoch = int(epoch)
+
+    def set_class_counts(self, class_counts: Sequence[int]) -> List[int]:
+        """Make the ``int(rsg_head_ratio * num_classes)`` most frequent classes the head (ties: lower id first).
+
+        Args:
+            class_counts: training images per class, ``[num_classes]``.
+
+        Returns:
+            The head class ids, sorted.
+        """
+        counts = [int(c) for c in torch.as_tensor(class_counts).flatten().tolist()]
+        if len(counts) != self.num_classes:
+            raise ValueError(
+                f'class_counts has {len(counts)} entries but the model has {self.num_classes} classes; '
+                f'pass the training set counts of the same classes (or create the model with that num_classes)')
+        num_head = int(self.rsg_head_ratio * self.num_classes)
+        head = sorted(sorted(range(len(counts)), key=lambda i: (-counts[i], i))[:num_head])
+        self.rsg.set_head_classes(head)
+        self.rsg_class_counts = counts
+        return head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Reset the backbone's head; RSG's per-class parameters restart when the class count changes."""
+        super().reset_classifier(num_classes, global_pool)
+        self.backbone_kwargs.update(num_classes=num_classes, global_pool=self.global_pool.pool_type)
+        if num_classes != self.rsg.num_classes:
+            self.rsg = self._create_rsg_module()
+            self.rsg_class_counts = None
+            self._rsg_head_warned = False
+
+    def _forward_rsg(self, x: torch.Tensor, target: torch.Tensor) -> RSGOutput:
+        if self.num_classes <= 0:
+            raise RuntimeError('RSG needs a classifier: create the model with num_classes > 0 to train with labels')
+        if self.rsg_class_counts is None and not self._rsg_head_warned:
+            warnings.warn(
+                f'{self.pretrained_cfg["architecture"]}: no class counts set, so classes 0..'
+                f'{int(self.rsg_head_ratio * self.num_classes) - 1} are the head classes (the official rule, right '
+                f'only when classes are sorted by size). Call model.set_class_counts(train_class_counts).',
+                stacklevel=2)
+            self._rsg_head_warned = True
+        x = self.forward_intermediates(x, indices=[self._rsg_index], stop_early=True, intermediates_only=True)[0]
+        x, loss_cesc, loss_mv, target = self.rsg(feature_maps=x, target=target, epoch=self.rsg_epoch)
+        for name in self._rsg_later_stages:  # [B + G, C, H, W] from here on
+            stage = getattr(self, name)
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+        logits = self.forward_head(x)
+        aux_loss = self.rsg_cesc_weight * loss_cesc + self.rsg_mv_weight * loss_mv
+        return RSGOutput(logits, target, loss_cesc, loss_mv, aux_loss)
+
+    def forward(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> Union[torch.Tensor, RSGOutput]:
+        """Logits ``[B, num_classes]`` in eval mode or without labels; an :class:`RSGOutput` when training with them.
+
+        Args:
+            x: images ``[B, C, H, W]``.
+            target: labels ``[B]``; only used in train mode.
+        """
+        if target is None or not self.training:
+            return super().forward(x)
+        return self._forward_rsg(x, target)
+
+
+class RSGResNet(RSGMixin, ResNet):
+    """timm ``ResNet`` (any variant) with RSG; see :class:`RSGMixin`."""
+
+
+class RSGCifarResNet(RSGMixin, CifarResNet):
+    """CIFAR ResNet with RSG; see :class:`RSGMixin`."""
+
+
+def _resnet_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ResNet weights, or official RSG ImageNet checkpoints (same names, plus ``module.`` / ``RSG.``)."""
+    state_dict = _unwrap_checkpoint(state_dict, model)
+    _check_checkpoint_keys(state_dict, model)
+    return state_dict
+
+
+def _rsg_filter_fn(
+        backbone_filter_fn: Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]],
+        state_dict: Dict[str, Any],
+        model: nn.Module,
+) -> Dict[str, torch.Tensor]:
+    """The backbone's filter, then fresh RSG values for a backbone-only checkpoint (strict loading checks the rest)."""
+    state_dict = backbone_filter_fn(state_dict, model)
+    for k, v in model.state_dict().items():
+        if k.startswith('rsg.'):
+            state_dict.setdefault(k, v)
+    return state_dict
+
+
+class _Family(NamedTuple):
+    """How to wrap one backbone class: the RSG subclass, entrypoint defaults and builder arguments."""
+    rsg_cls: type
+    rsg_stage: int
+    rsg_epoch_thresh: int
+    filter_fn: Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]
+    feature_cfg: Dict[str, Any]
+
+
+_FAMILIES = {
+    CifarResNet: _Family(RSGCifarResNet, 2, 159, checkpoint_filter_fn, dict(out_indices=(0, 1, 2, 3))),
+    ResNet: _Family(RSGResNet, 3, 79, _resnet_filter_fn, {}),
+}
+
+
+def _discover_backbones() -> Dict[str, Tuple[str, _Family]]:
+    """``rsg_<arch>`` -> (arch, family) for every registered arch whose entrypoint returns a family class."""
+    found = {}
+    for arch in timm.list_models():
+        family = _FAMILIES.get(inspect.signature(model_entrypoint(arch)).return_annotation)
+        if family is None:
+            continue
+        name = 'rsg_' + arch.removeprefix('cifar_')
+        if name in found:  # list_models is sorted, so cifar_* claims its name before a same-named timm arch
+            _logger.warning(f'{name} already wraps {found[name][0]}; not registering it for {arch}')
+            continue
+        found[name] = (arch, family)
+    return found
+
+
+def _create_rsg(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    arch, family = _RSG_BACKBONES[variant]
+    return build_model_with_cfg(
+        partial(family.rsg_cls.from_backbone, arch),
+        variant,
+        pretrained,
+        pretrained_filter_fn=partial(_rsg_filter_fn, family.filter_fn),
+        feature_cfg=dict(family.feature_cfg),
+        **kwargs,
+    )
+
+
+def _rsg_cfg_key_and_cfg(name: str, arch: str) -> Tuple[str, Dict[str, Any]]:
+    """The backbone's default-tag cfg under ``rsg_<arch>.<tag>``: same data config and weights (full hub id)."""
+    cfg = get_pretrained_cfg(arch)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    cfg.pop('architecture', None)
+    tag = cfg.pop('tag', None)
+    return (f'{name}.{tag}' if tag else name), cfg
+
+
+_RSG_BACKBONES = _discover_backbones()
+
+default_cfgs = generate_default_cfgs(dict(_rsg_cfg_key_and_cfg(n, a) for n, (a, _) in _RSG_BACKBONES.items()))
+
+
+def _register_rsg_entrypoint(name: str, arch: str, family: _Family) -> None:
+    """Create, name, bind and register the entrypoint ``name`` (the hand-written two-statement form)."""
+    def entrypoint(pretrained: bool = False, **kwargs) -> nn.Module:
+        model_args = dict(rsg_stage=family.rsg_stage, rsg_epoch_thresh=family.rsg_epoch_thresh)
+        return _create_rsg(name, pretrained, **dict(model_args, **kwargs))
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = (
+        f'{arch} with RSG after stage {family.rsg_stage} (``rsg_stage``), generating samples after epoch '
+        f'{family.rsg_epoch_thresh} (``rsg_epoch_thresh``); RSG runs only in training with labels.')
+    globals()[name] = entrypoint
+    register_model(entrypoint)
+
+
+for _name, (_arch, _family) in _RSG_BACKBONES.items():
+    _register_rsg_entrypoint(_name, _arch, _family)
+del _name, _arch, _family
+
+
+def backbone_arch(model_name: str) -> str:
+    """The plain backbone arch behind a model name: ``rsg_resnet32`` -> ``cifar_resnet32``, ``rsg_resnet50.a1_in1k``
+    -> ``resnet50``; a name without RSG is returned without its tag."""
+    arch = timm.models.get_arch_name(model_name)
+    return _RSG_BACKBONES[arch][0] if arch in _RSG_BACKBONES else arch
