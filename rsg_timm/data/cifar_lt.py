@@ -1,0 +1,150 @@
+"""CIFAR-10-LT and CIFAR-100-LT, and the in-memory dataset class they (and the demo set) share.
+
+The long-tailed training sets follow LDAM-DRW's builder (``docs/reference/peers-features.md`` §3.2): an exp or step
+profile over the original label order, cut either with the RSG code's ``first`` rule or LDAM-DRW's seeded
+``shuffle``. The test split is the untouched balanced CIFAR test set. Two on-disk layouts are read: the npz files of
+``shared/data`` (``cifar10_train.npz`` with ``images`` uint8 [N, 32, 32, 3], ``labels``, ``classes``) and
+torchvision's ``cifar-10-batches-py`` / ``cifar-100-python`` folders.
+"""
+import logging
+import os
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .imbalance import long_tail_counts, select_long_tail
+
+__all__ = ['ArrayLTDataset', 'CifarLT', 'load_cifar_arrays', 'is_train_split']
+
+_logger = logging.getLogger(__name__)
+
+# Images per class in the full CIFAR training sets; the n_max of every CIFAR-LT profile.
+_CIFAR_TRAIN_PER_CLASS = {10: 5000, 100: 500}
+_TRAIN_SPLITS = ('train', 'training')
+_EVAL_SPLITS = ('test', 'val', 'valid', 'validation', 'eval')
+
+
+def is_train_split(split: str, name: str) -> bool:
+    """True for a training split name, False for an evaluation one; anything else is a clear error."""
+    if split in _TRAIN_SPLITS:
+        return True
+    if split in _EVAL_SPLITS:
+        return False
+    raise ValueError(f'Unknown split {split!r} for {name}; use one of {list(_TRAIN_SPLITS + _EVAL_SPLITS)}.')
+
+
+class ArrayLTDataset(Dataset):
+    """A labelled uint8 image array held in memory, with the training class counts it was cut from.
+
+    Holding the raw array (``data``, [N, H, W, C] uint8) lets the trainer skip per-image PIL work and augment whole
+    batches on the device (``rsg_timm.data.transforms.TensorBatchLoader``); ``__getitem__`` still gives the usual
+    ``(PIL image or transform(img), label)`` pair for a plain DataLoader.
+
+    Args:
+        data: images [N, H, W, C] uint8.
+        targets: label of each image.
+        classes: label names.
+        class_counts: training images per class (of the train split, also when this is the test split).
+        transform: optional torchvision-style transform applied to the PIL image.
+    """
+
+    def __init__(
+            self,
+            data: np.ndarray,
+            targets: Sequence[int],
+            classes: Sequence[str],
+            class_counts: Sequence[int],
+            transform: Optional[Callable] = None,
+    ):
+        if data.dtype != np.uint8 or data.ndim != 4:
+            raise ValueError(f'Expected uint8 images [N, H, W, C], got {data.dtype} {tuple(data.shape)}.')
+        if len(data) != len(targets):
+            raise ValueError(f'{len(data)} images but {len(targets)} labels.')
+        if len(class_counts) != len(classes):
+            raise ValueError(f'{len(class_counts)} class counts for {len(classes)} classes.')
+        self.data = data
+        self.targets = [int(t) for t in targets]
+        self.classes = [str(c) for c in classes]
+        self.class_counts = [int(n) for n in class_counts]
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Tuple[object, int]:
+        img = Image.fromarray(self.data[index])
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+
+def load_cifar_arrays(
+        root: str,
+        num_classes: int,
+        train: bool,
+        download: bool = False,
+) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """Full CIFAR-10/100 split as (images [N, 32, 32, 3] uint8, labels int64, class names), in file order.
+
+    Looks for ``cifar{C}_{train,test}.npz`` in ``root`` first, then torchvision's folder layout (downloaded there
+    when ``download`` is set).
+    """
+    split = 'train' if train else 'test'
+    npz_path = os.path.join(root, f'cifar{num_classes}_{split}.npz')
+    if os.path.isfile(npz_path):
+        with np.load(npz_path, allow_pickle=False) as f:
+            return f['images'], f['labels'].astype(np.int64), [str(c) for c in f['classes']]
+
+    import torchvision
+    tv_cls = torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100
+    tv_dir = os.path.join(root, tv_cls.base_folder)
+    if not download and not os.path.isdir(tv_dir):
+        raise FileNotFoundError(
+            f'No CIFAR-{num_classes} data under {root!r}: expected {npz_path!r} (npz layout) or the torchvision '
+            f'folder {tv_dir!r}. Point --data-dir at one of them, or add --dataset-download to fetch it.')
+    ds = tv_cls(root, train=train, download=download)
+    return np.asarray(ds.data), np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+
+
+class CifarLT(ArrayLTDataset):
+    """CIFAR-10-LT / CIFAR-100-LT (train: long-tailed cut; test: the full balanced test set).
+
+    Args:
+        root: folder holding the npz files or torchvision's CIFAR folder.
+        num_classes: 10 or 100.
+        train: training split (long-tailed) or test split (balanced).
+        imb_type: ``exp``, ``step`` or ``none``.
+        imb_factor: 1 / rho (0.01 for rho = 100).
+        imb_select: ``first`` (RSG code) or ``shuffle`` (LDAM-DRW's seeded draw); same counts, different images.
+        download: let torchvision download the data when it is missing.
+        transform: optional torchvision-style transform.
+    """
+
+    def __init__(
+            self,
+            root: str,
+            num_classes: int = 10,
+            train: bool = True,
+            imb_type: str = 'exp',
+            imb_factor: float = 0.01,
+            imb_select: str = 'first',
+            download: bool = False,
+            transform: Optional[Callable] = None,
+    ):
+        if num_classes not in _CIFAR_TRAIN_PER_CLASS:
+            raise ValueError(f'CIFAR-LT has 10 or 100 classes, got num_classes={num_classes}.')
+        counts = long_tail_counts(_CIFAR_TRAIN_PER_CLASS[num_classes], num_classes, imb_type, imb_factor)
+        images, labels, classes = load_cifar_arrays(root, num_classes, train=train, download=download)
+        if train:
+            keep = select_long_tail(labels, counts, imb_select)
+            images, labels = images[keep], labels[keep]
+            counts = np.bincount(labels, minlength=num_classes).tolist()
+        super().__init__(images, labels, classes, counts, transform=transform)
+        _logger.info('CIFAR-%d-LT %s: %d images (%s, imb_factor=%g, %s selection).',
+                     num_classes, 'train' if train else 'test', len(self), imb_type, imb_factor, imb_select)

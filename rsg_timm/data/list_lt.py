@@ -1,0 +1,230 @@
+"""Image-file long-tailed datasets: the ImageNet-LT / Places-LT / iNaturalist 2018 list files, and ``folder_lt``.
+
+The list files are the Decoupling / OLTR ones (``docs/reference/peers-features.md`` §3.3), one ``relative/path label``
+per line, paths relative to the image root given as ``--data-dir``; every peer trains on them verbatim. Images are
+opened with PIL only when an item is read. ``folder_lt`` takes an ImageFolder tree (``root/train/<class>/...``,
+``root/val/<class>/...``) and can cut its training split to an exp/step profile like CIFAR-LT.
+"""
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
+
+from .cifar_lt import is_train_split
+from .imbalance import long_tail_counts, select_long_tail
+
+__all__ = ['FileLTDataset', 'LIST_LT_SPECS', 'ListLTSpec', 'read_list_file', 'create_list_lt', 'create_folder_lt']
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListLTSpec:
+    """What identifies one list-file benchmark: display name, list-file prefix, class count and its splits."""
+    title: str
+    prefix: str
+    num_classes: int
+    splits: Tuple[str, ...]
+
+    def list_name(self, split: str) -> str:
+        return f'{self.prefix}_{split}.txt'
+
+
+LIST_LT_SPECS = {
+    'imagenet_lt': ListLTSpec('ImageNet-LT', 'ImageNet_LT', 1000, ('train', 'val', 'test')),
+    'places_lt': ListLTSpec('Places-LT', 'Places_LT', 365, ('train', 'val', 'test')),
+    # iNaturalist 2018 has no separate test list: its official val split is the benchmark's test set.
+    'inat2018': ListLTSpec('iNaturalist 2018', 'iNaturalist18', 8142, ('train', 'val')),
+}
+
+
+def read_list_file(path: str, num_classes: int) -> List[Tuple[str, int]]:
+    """Parse a ``relative/path label`` list file; a malformed line or label is an error naming ``file:line``."""
+    samples = []
+    with open(path, 'r', encoding='utf-8') as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.rsplit(maxsplit=1)
+            try:
+                if len(parts) != 2:
+                    raise ValueError
+                label = int(parts[1])
+            except ValueError:
+                raise ValueError(
+                    f'{path}:{lineno}: expected "relative/path label" (an integer label), got {line!r}.') from None
+            if not 0 <= label < num_classes:
+                raise ValueError(
+                    f'{path}:{lineno}: label {label} is out of range [0, {num_classes}); '
+                    f'is this the list file of the dataset you named?')
+            samples.append((parts[0], label))
+    if not samples:
+        raise ValueError(f'{path}: the list file has no samples.')
+    return samples
+
+
+class FileLTDataset(Dataset):
+    """Images on disk given as (path, label) pairs, loaded with PIL on access.
+
+    Args:
+        samples: (absolute image path, label) pairs.
+        classes: label names.
+        class_counts: training images per class; ``None`` defers to ``counts_source``.
+        counts_source: called once, on first access of ``class_counts``, when they come from another split's files
+            (so validating on a machine without the train list works until the counts are actually needed).
+        transform: optional torchvision-style transform.
+    """
+
+    def __init__(
+            self,
+            samples: Sequence[Tuple[str, int]],
+            classes: Sequence[str],
+            class_counts: Optional[Sequence[int]] = None,
+            counts_source: Optional[Callable[[], List[int]]] = None,
+            transform: Optional[Callable] = None,
+    ):
+        if class_counts is None and counts_source is None:
+            raise ValueError('Give class_counts or counts_source.')
+        self.samples = list(samples)
+        self.targets = [label for _, label in self.samples]
+        self.classes = [str(c) for c in classes]
+        self._class_counts = None if class_counts is None else [int(n) for n in class_counts]
+        self._counts_source = counts_source
+        self.transform = transform
+
+    @property
+    def class_counts(self) -> List[int]:
+        if self._class_counts is None:
+            self._class_counts = self._counts_source()
+        return self._class_counts
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tuple[object, int]:
+        path, label = self.samples[index]
+        img = default_loader(path)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, label
+
+
+def _require_dir(root: Optional[str], what: str) -> str:
+    if not root:
+        raise FileNotFoundError(f'{what} needs its image folder: pass --data-dir (root=...).')
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f'{what} image folder {root!r} does not exist; pass the right --data-dir.')
+    return root
+
+
+def _find_list(root: str, spec: ListLTSpec, split: str) -> str:
+    """Resolve a split name or an explicit list path to an existing list file."""
+    if split.endswith('.txt'):
+        candidates = [split, os.path.join(root, split)]
+        fix = 'check the list file path given as the split'
+    else:
+        if split not in spec.splits:
+            raise ValueError(f'Unknown split {split!r} for {spec.title}; use one of {list(spec.splits)} '
+                             f'or the path of a list file.')
+        name = spec.list_name(split)
+        # The list files sit in the image root, or in a <prefix>/ sub-folder as in the Decoupling repo.
+        candidates = [os.path.join(root, name), os.path.join(root, spec.prefix, name)]
+        fix = f'put the Decoupling/OLTR list {name} into --data-dir, or pass a list file path as the split'
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f'{spec.title} list file not found (looked for {candidates}); {fix}.')
+
+
+def _count_labels(samples: Sequence[Tuple[str, int]], num_classes: int) -> List[int]:
+    return np.bincount([label for _, label in samples], minlength=num_classes).tolist()
+
+
+def create_list_lt(
+        name: str,
+        root: Optional[str],
+        split: str = 'train',
+        transform: Optional[Callable] = None,
+) -> FileLTDataset:
+    """ImageNet-LT / Places-LT / iNaturalist 2018 from its list file; ``split`` is a split name or a list path.
+
+    Class counts come from the split itself when it is a train list (``train`` or a path ending in ``_train.txt``),
+    otherwise from the standard train list found under ``root``, read on first use.
+    """
+    if name not in LIST_LT_SPECS:
+        raise ValueError(f'Unknown list dataset {name!r}; choose one of {sorted(LIST_LT_SPECS)}.')
+    spec = LIST_LT_SPECS[name]
+    root = _require_dir(root, spec.title)
+    if split == 'test' and 'test' not in spec.splits:
+        _logger.info('%s has no test list; using its val list, the benchmark test set.', spec.title)
+        split = 'val'
+    list_path = _find_list(root, spec, split)
+    samples = read_list_file(list_path, spec.num_classes)
+    classes = [str(i) for i in range(spec.num_classes)]
+    full = [(os.path.join(root, rel), label) for rel, label in samples]
+    if split == 'train' or os.path.basename(split).endswith('_train.txt'):
+        return FileLTDataset(
+            full, classes, class_counts=_count_labels(samples, spec.num_classes), transform=transform)
+
+    def counts_source() -> List[int]:
+        return _count_labels(read_list_file(_find_list(root, spec, 'train'), spec.num_classes), spec.num_classes)
+
+    return FileLTDataset(full, classes, counts_source=counts_source, transform=transform)
+
+
+def _split_dir(root: str, split: str) -> str:
+    if is_train_split(split, 'folder_lt'):
+        names = ['train', 'training']
+    else:
+        names = list(dict.fromkeys([split, 'val', 'validation', 'test']))  # the asked split first, then synonyms
+    for name in names:
+        path = os.path.join(root, name)
+        if os.path.isdir(path):
+            return path
+    raise FileNotFoundError(f'folder_lt: none of {[os.path.join(root, n) for n in names]} exists; pass the '
+                            f'--data-dir that holds train/<class>/... and val/<class>/...')
+
+
+def create_folder_lt(
+        root: Optional[str],
+        split: str = 'train',
+        imb_type: str = 'none',
+        imb_factor: float = 0.01,
+        imb_select: str = 'first',
+        transform: Optional[Callable] = None,
+) -> FileLTDataset:
+    """ImageFolder tree as a long-tailed dataset; the train split is cut to the profile unless ``imb_type='none'``.
+
+    Classes are ordered by name (ImageFolder's rule), class 0 is the profile's head, and n_max is the largest
+    class. Evaluation splits reuse the train folder's class index, so a class missing there cannot shift labels.
+    """
+    root = _require_dir(root, 'folder_lt')
+    train_dir = _split_dir(root, 'train')
+    classes, class_to_idx = find_classes(train_dir)
+
+    def train_samples() -> List[Tuple[str, int]]:
+        samples = make_dataset(train_dir, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        if imb_type == 'none':
+            return samples
+        targets = [t for _, t in samples]
+        n_max = int(np.bincount(targets, minlength=len(classes)).max())
+        keep = select_long_tail(targets, long_tail_counts(n_max, len(classes), imb_type, imb_factor), imb_select)
+        return [samples[i] for i in keep]
+
+    def train_counts() -> List[int]:
+        return _count_labels(train_samples(), len(classes))
+
+    if is_train_split(split, 'folder_lt'):
+        samples = train_samples()
+        return FileLTDataset(samples, classes, class_counts=_count_labels(samples, len(classes)), transform=transform)
+    samples = make_dataset(_split_dir(root, split), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    return FileLTDataset(samples, classes, counts_source=train_counts, transform=transform)
