@@ -7,6 +7,7 @@ export needs ``import rsg_timm`` (which registers ``cifar_resnet*``). The folder
 counts and label names travel in ``config.json`` (``class_counts``, ``label_names``). Nothing here touches the
 network; ``hub.py`` moves such folders.
 """
+import copy
 import json
 import logging
 import os
@@ -77,7 +78,8 @@ def save_pretrained(
     Returns:
         The export folder.
     """
-    backbone = strip_rsg(model)
+    # a copy in the default memory format: safetensors stores contiguous tensors only (channels_last is not)
+    backbone = copy.deepcopy(strip_rsg(model)).to(memory_format=torch.contiguous_format)
     if class_counts is None:
         class_counts = getattr(model, 'rsg_class_counts', None)
     model_config = {}

@@ -1,0 +1,206 @@
+"""The training step and the evaluation loop shared by ``train.py`` and ``validate.py``.
+
+The scripts parse flags and wire objects; everything that runs per batch lives here and takes explicit arguments.
+A model that accepts ``target=`` (the ``rsg_*`` models) is called with the labels in training and returns an
+``RSGOutput`` whose auxiliary loss is added to the classification loss over real and generated samples.
+"""
+import inspect
+import logging
+import time
+from contextlib import nullcontext
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from timm.utils import dispatch_clip_grad, unwrap_model
+
+from .metrics import LongTailEvaluator
+
+__all__ = ['NonFiniteLossError', 'train_one_epoch', 'evaluate', 'autocast_context']
+
+_logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised before the optimizer step when the loss is NaN or infinite; carries where and which terms."""
+
+    def __init__(self, epoch: int, step: int, terms: Dict[str, float]):
+        self.epoch, self.step, self.terms = epoch, step, terms
+        named = ', '.join(f'{k}={v:.6g}' for k, v in terms.items())
+        super().__init__(
+            f'non-finite loss at epoch {epoch}, step {step} ({named}); the weights were not updated. '
+            f'Lower --lr, add --clip-grad, or check the data.')
+
+
+def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """``torch.autocast`` for ``amp_dtype`` on ``device``, or a no-op context without AMP."""
+    if amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def _takes_target(model: nn.Module) -> bool:
+    return 'target' in inspect.signature(unwrap_model(model).forward).parameters
+
+
+def _set_epoch(obj: Any, epoch: int) -> None:
+    if hasattr(obj, 'set_epoch'):
+        obj.set_epoch(epoch)
+
+
+def train_one_epoch(
+        model: nn.Module,
+        loader: Iterable,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        epoch: int,
+        device: torch.device,
+        amp_dtype: Optional[torch.dtype] = None,
+        loss_scaler: Optional[torch.amp.GradScaler] = None,
+        lr_scheduler: Any = None,
+        num_updates: int = 0,
+        clip_grad: Optional[float] = None,
+        clip_mode: str = 'norm',
+        channels_last: bool = False,
+        log_interval: int = 50,
+        progress: bool = False,
+) -> Dict[str, float]:
+    """Train for one epoch.
+
+    Returns:
+        Mean ``loss`` (total), ``ce``, ``cesc``, ``mv`` over the epoch, the mean number of ``generated`` samples per
+        batch, ``top1`` on the real training samples, the final ``lr``, ``images_per_sec`` (real images) and
+        ``num_updates``.
+    """
+    model.train()
+    with_target = _takes_target(model)
+    _set_epoch(unwrap_model(model), epoch)
+    _set_epoch(loader, epoch)
+    num_batches = len(loader)
+    sums = torch.zeros(6, device=device)  # loss, ce, cesc, mv, generated, correct: summed on device
+    seen, start = 0, time.perf_counter()
+    batches = loader
+    if progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(loader, total=num_batches, desc=f'train {epoch}', leave=False, dynamic_ncols=True)
+
+    for step, (images, target) in enumerate(batches):
+        # 1. batch to device
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+
+        # 2-3. forward and the named loss terms
+        with autocast_context(device, amp_dtype):
+            out = model(images, target=target) if with_target else model(images)
+        if isinstance(out, torch.Tensor):
+            logits, loss_target, aux, cesc, mv = out, target, None, None, None
+        else:
+            logits, loss_target, aux, cesc, mv = out.logits, out.target, out.aux_loss, out.loss_cesc, out.loss_mv
+        ce = criterion(logits.float(), loss_target)
+        loss = ce if aux is None else ce + aux
+
+        # 4. stop before the update when the loss is not finite (one host read per step)
+        if not torch.isfinite(loss):
+            terms = {'loss': loss, 'ce': ce, 'cesc': cesc, 'mv': mv}
+            raise NonFiniteLossError(epoch, step, {k: float(v.detach()) for k, v in terms.items() if v is not None})
+
+        # 5-8. backward, clip, step, zero
+        if loss_scaler is not None:
+            loss_scaler.scale(loss).backward()
+            if clip_grad is not None:
+                loss_scaler.unscale_(optimizer)
+                dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
+            loss_scaler.step(optimizer)
+            loss_scaler.update()
+        else:
+            loss.backward()
+            if clip_grad is not None:
+                dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # 9. per-update schedule
+        num_updates += 1
+        if lr_scheduler is not None:
+            lr_scheduler.step_update(num_updates=num_updates)
+
+        # 10. meters, kept on device
+        zero = loss.new_zeros(())
+        sums += torch.stack([loss.detach(), ce.detach(), (cesc if cesc is not None else zero).detach().float(),
+                             (mv if mv is not None else zero).detach().float(),
+                             zero + (loss_target.numel() - target.numel()),
+                             (logits[:target.numel()].argmax(-1) == target).sum().float()])
+        seen += target.numel()
+
+        # 11. log at the interval (host read of the meters)
+        if log_interval and (step + 1) % log_interval == 0 and not progress:
+            means = (sums / (step + 1)).tolist()
+            _logger.info(
+                f'train {epoch} [{step + 1:>4d}/{num_batches}] loss {means[0]:.4f} ce {means[1]:.4f} '
+                f'cesc {means[2]:.4f} mv {means[3]:.4f} lr {optimizer.param_groups[0]["lr"]:.3e}')
+
+    elapsed = time.perf_counter() - start
+    means = (sums / max(1, num_batches)).tolist()  # host read: once per epoch
+    return {
+        'loss': means[0], 'ce': means[1], 'cesc': means[2], 'mv': means[3], 'generated': means[4],
+        'top1': 100.0 * means[5] * num_batches / max(seen, 1),
+        'lr': optimizer.param_groups[0]['lr'], 'images_per_sec': seen / max(elapsed, 1e-9),
+        'num_updates': num_updates,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+        model: nn.Module,
+        loader: Iterable,
+        *,
+        device: torch.device,
+        num_classes: int,
+        class_counts: Optional[Sequence[int]] = None,
+        label_names: Optional[Sequence[str]] = None,
+        amp_dtype: Optional[torch.dtype] = None,
+        channels_last: bool = False,
+        logit_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        progress: bool = False,
+        distributed: bool = False,
+) -> Tuple[Dict[str, float], LongTailEvaluator]:
+    """Evaluate a classifier: loss, top-1/top-5, many/medium/few, ECE.
+
+    Args:
+        logit_transform: optional post-hoc change of the logits (e.g. logit adjustment) before any metric.
+        distributed: each rank saw a shard of the data; sum the statistics over ranks before computing.
+
+    Returns:
+        The metrics dict and the evaluator (per-class table, confusion matrix).
+    """
+    model.eval()
+    evaluator = LongTailEvaluator(num_classes, class_counts=class_counts, label_names=label_names, device=device)
+    loss_sum = torch.zeros(2, device=device)  # summed loss, sample count
+    batches = loader
+    if progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(loader, total=len(loader), desc='eval', leave=False, dynamic_ncols=True)
+    for images, target in batches:
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        if logit_transform is not None:
+            logits = logit_transform(logits)
+        loss_sum[0] += nn.functional.cross_entropy(logits, target, reduction='sum')
+        loss_sum[1] += target.numel()
+        evaluator.update(logits, target)
+    if distributed:
+        torch.distributed.all_reduce(loss_sum)
+        evaluator.synchronize()
+    total, count = loss_sum.tolist()  # host read: once per evaluation
+    metrics = {'loss': total / max(count, 1.0)}
+    metrics.update(evaluator.compute())
+    metrics = {k: (float('nan') if v is None else v) for k, v in metrics.items()}
+    return metrics, evaluator

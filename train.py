@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""Train a long-tailed classifier, with or without RSG, the timm way.
+
+``python train.py`` trains ``rsg_resnet32`` on the embedded CIFAR-10-LT demo set through both RSG phases with the
+paper's CIFAR recipe (LDAM + DRW + RSG) scaled to 30 epochs. Flags follow timm's ``train.py`` where timm has the
+concept; YAML from ``--config`` sets defaults, explicit flags win, and the resolved arguments land in ``args.yaml``.
+Pass a plain backbone (``--model cifar_resnet32``) to train the same network without RSG.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import timm
+import torch
+import yaml
+from timm.data import resolve_data_config
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import (CheckpointSaver, ParseKwargs, distribute_bn, get_state_dict, init_distributed_device,
+                        is_primary, random_seed, setup_default_logging, unwrap_model, update_summary)
+
+import rsg_timm  # noqa: F401  (registers the models)
+from rsg_timm.cli import run_cli
+from rsg_timm.checkpoint import checkpoint_extras, load_training_checkpoint
+from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, list_lt_datasets, \
+    list_samplers, sampler_kwargs
+from rsg_timm.data.constants import CLASS_COUNTS_KEY
+from rsg_timm.engine import evaluate, train_one_epoch
+from rsg_timm.export import save_pretrained
+from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
+from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
+from rsg_timm.models import backbone_arch
+
+_logger = logging.getLogger('train')
+
+RSG_FLAGS = ('rsg_stage', 'rsg_n_center', 'rsg_contrastive_dim', 'rsg_strength', 'rsg_epoch_thresh',
+             'rsg_head_ratio', 'rsg_cesc_weight', 'rsg_mv_weight')
+# The RSG CIFAR recipe's milestones as shares of its 200 epochs: LR decay / DRW / generation from epoch 160 and 180.
+LATE_PHASE, LAST_DECAY = 0.8, 0.9
+
+config_parser = argparse.ArgumentParser(description='Training config', add_help=False)
+config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
+                           help='YAML file whose keys are argument names (explicit flags win)')
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description='rsg_timm long-tailed training')
+    group = parser.add_argument_group('Dataset parameters')
+    group.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root (not needed for demo)')
+    group.add_argument('--dataset', default='demo', help=f'one of: {", ".join(list_lt_datasets())}')
+    group.add_argument('--train-split', default='train')
+    group.add_argument('--val-split', default='test', help='split evaluated every epoch')
+    group.add_argument('--dataset-download', action='store_true', help='let torchvision download CIFAR')
+
+    group = parser.add_argument_group('Model parameters')
+    group.add_argument('--model', default='rsg_resnet32', help='any timm model; rsg_<arch> adds RSG to <arch>')
+    group.add_argument('--pretrained', action='store_true', help="start from the backbone's timm weights")
+    group.add_argument('--num-classes', type=int, default=None, help="default: the dataset's class count")
+    group.add_argument('--resume', default='', help='continue a run from its last.pth.tar')
+    group.add_argument('--no-resume-opt', action='store_true', help='do not restore the optimizer state')
+    group.add_argument('--drop', type=float, default=None, help='dropout before the classifier')
+    group.add_argument('--drop-path', type=float, default=None, help='stochastic depth (timm ResNets)')
+    group.add_argument('-b', '--batch-size', type=int, default=128, help='per process')
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None)
+    group.add_argument('--channels-last', action='store_true')
+    group.add_argument('--grad-checkpointing', action='store_true')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+
+    group = parser.add_argument_group('Long-tail parameters')
+    group.add_argument('--imb-type', default='exp', choices=('exp', 'step', 'none'))
+    group.add_argument('--imb-factor', type=float, default=0.01, help='n_min / n_max, 0.01 is rho = 100')
+    group.add_argument('--imb-select', default='first', choices=('first', 'shuffle'),
+                       help="first: the RSG paper's CIFAR-LT subset; shuffle: LDAM-DRW's seeded subset")
+    group.add_argument('--sampler', default='instance', help=f'one of: {", ".join(list_samplers())}')
+    group.add_argument('--loss', default='ldam', help=f'one of: {", ".join(list_losses())}')
+    group.add_argument('--reweight', default='drw', help=f'one of: {", ".join(list_reweights())}')
+    group.add_argument('--drw-epoch', type=int, default=None, help='first re-weighted epoch (default 80%% in)')
+    group.add_argument('--cb-beta', type=float, default=0.9999, help='effective-number beta')
+    group.add_argument('--focal-gamma', type=float, default=None)
+    group.add_argument('--ldam-max-m', type=float, default=None)
+    group.add_argument('--ldam-s', type=float, default=None)
+    group.add_argument('--la-tau', type=float, default=None)
+    group.add_argument('--cosine-classifier', action=argparse.BooleanOptionalAction, default=None,
+                       help='normalised classifier (default: with --loss ldam on CIFAR ResNets, as LDAM/RSG do)')
+
+    group = parser.add_argument_group('RSG parameters (rsg_* models; defaults from the model)')
+    group.add_argument('--rsg-stage', type=int, default=None)
+    group.add_argument('--rsg-n-center', type=int, default=None)
+    group.add_argument('--rsg-contrastive-dim', type=int, default=None)
+    group.add_argument('--rsg-strength', type=float, default=None)
+    group.add_argument('--rsg-epoch-thresh', type=int, default=None, help='last CESC epoch (default 80%% in, -1)')
+    group.add_argument('--rsg-head-ratio', type=float, default=None)
+    group.add_argument('--rsg-cesc-weight', type=float, default=None)
+    group.add_argument('--rsg-mv-weight', type=float, default=None)
+
+    group = parser.add_argument_group('Optimizer parameters')
+    group.add_argument('--opt', default='momentum',
+                       help="momentum = plain SGD with momentum, as the RSG code; timm's sgd is Nesterov, with "
+                            "which RSG's centres diverge at lr 0.1")
+    group.add_argument('--lr', type=float, default=0.1)
+    group.add_argument('--momentum', type=float, default=0.9)
+    group.add_argument('--weight-decay', type=float, default=2e-4)
+    group.add_argument('--decay-all-params', action='store_true',
+                       help='weight-decay biases and norm weights too, as the official RSG/LDAM code does')
+    group.add_argument('--clip-grad', type=float, default=None)
+    group.add_argument('--clip-mode', default='norm')
+
+    group = parser.add_argument_group('Learning rate schedule parameters')
+    group.add_argument('--sched', default='multistep')
+    group.add_argument('--epochs', type=int, default=30)
+    group.add_argument('--warmup-epochs', type=int, default=4, help='with --warmup-lr 0.02: the RSG warm-up')
+    group.add_argument('--warmup-lr', type=float, default=0.02)
+    group.add_argument('--min-lr', type=float, default=0.0)
+    group.add_argument('--decay-milestones', type=int, nargs='+', default=None,
+                       help='multistep epochs (default: 80%% and 90%% in, minus one, as the RSG code)')
+    group.add_argument('--decay-epochs', type=float, default=30)
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.01)
+    group.add_argument('--cooldown-epochs', type=int, default=0)
+
+    group = parser.add_argument_group('Device parameters')
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    group.add_argument('--amp', action='store_true', help='mixed precision with --amp-dtype')
+    group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
+
+    group = parser.add_argument_group('Miscellaneous parameters')
+    group.add_argument('--seed', type=int, default=42)
+    group.add_argument('--log-interval', type=int, default=50)
+    group.add_argument('--checkpoint-hist', type=int, default=3)
+    group.add_argument('-j', '--workers', type=int, default=2, help='loader workers for file-based datasets')
+    group.add_argument('--output', default='', help='runs go to OUTPUT/<experiment> (default ./output/train)')
+    group.add_argument('--experiment', default='', help='run folder name (default: <time>-<model>-<dataset>)')
+    group.add_argument('--eval-metric', default='top1')
+    group.add_argument('--no-progress', action='store_true', help='log lines instead of a progress bar')
+    return parser
+
+
+def _arg_names(parser: argparse.ArgumentParser) -> set:
+    return {a.dest for a in parser._actions} - {'help'}
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    args_config, remaining = config_parser.parse_known_args(argv)
+    parser = _build_parser()
+    if args_config.config:
+        with open(args_config.config) as f:
+            cfg = yaml.safe_load(f) or {}
+        unknown = sorted(set(cfg) - _arg_names(parser))
+        if unknown:
+            parser.error(f'{args_config.config}: unknown keys {unknown} (keys are argument names, e.g. batch_size)')
+        parser.set_defaults(**cfg)
+    args = parser.parse_args(remaining)
+    args.config = args_config.config
+    return args
+
+
+def _resolve_defaults(args: argparse.Namespace) -> None:
+    """Scale the RSG CIFAR recipe's epoch milestones (159/179 LR decay, DRW at 160, generation after 159 of 200)
+    to ``--epochs`` where no value was given, and check the RSG flags fit the model."""
+    late = int(LATE_PHASE * args.epochs)
+    if args.decay_milestones is None:
+        args.decay_milestones = [max(late - 1, 0), max(int(LAST_DECAY * args.epochs) - 1, 0)]
+    if args.drw_epoch is None:
+        args.drw_epoch = late
+    is_rsg = backbone_arch(args.model) != timm.models.get_arch_name(args.model)
+    if is_rsg and args.rsg_epoch_thresh is None:
+        args.rsg_epoch_thresh = max(late - 1, 0)
+    given = [f'--{k.replace("_", "-")}' for k in RSG_FLAGS if getattr(args, k) is not None]
+    if given and not is_rsg:
+        raise SystemExit(f'{", ".join(given)} need an rsg_* model; --model {args.model} has no RSG')
+
+
+def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> torch.nn.Module:
+    kwargs = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
+    kwargs.update({k: getattr(args, k) for k in RSG_FLAGS if getattr(args, k) is not None})
+    cifar_family = backbone_arch(args.model).startswith('cifar_resnet')
+    cosine = args.cosine_classifier if args.cosine_classifier is not None else (args.loss == 'ldam' and cifar_family)
+    if cosine:
+        if not cifar_family:
+            raise SystemExit(f'--cosine-classifier is available for the CIFAR ResNets, not {args.model}')
+        kwargs['use_norm'] = True
+    kwargs = {k: v for k, v in dict(kwargs, **args.model_kwargs).items() if v is not None}
+    model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    if hasattr(model, 'set_class_counts'):
+        head = model.set_class_counts(class_counts)
+        _logger.info(f'RSG head classes {head}; generation after epoch {model.rsg.epoch_thresh}')
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+class _RunState:
+    """What rsg_timm adds to timm's checkpoints; handed to ``CheckpointSaver`` as its ``task``."""
+
+    def __init__(self, model, class_counts, label_names):
+        self.model, self.class_counts, self.label_names = model, class_counts, label_names
+
+    def get_checkpoint_state(self, ema: bool = False, unwrap_fn=unwrap_model) -> dict:
+        if ema:
+            return {}
+        state = {'state_dict': get_state_dict(self.model, unwrap_fn)}
+        state.update(checkpoint_extras(unwrap_fn(self.model), self.class_counts, self.label_names))
+        return state
+
+
+def _resume(path: str, model, optimizer, loss_scaler, class_counts, restore_optimizer: bool) -> int:
+    """Restore model (RSG included), optimizer, AMP scaler and RNG; returns the epoch to start from."""
+    checkpoint = load_training_checkpoint(path)
+    if checkpoint.get(CLASS_COUNTS_KEY) not in (None, list(class_counts)):
+        raise SystemExit(f'{path} was trained on class counts {checkpoint[CLASS_COUNTS_KEY]}, not {class_counts}: '
+                         f'resume with the same dataset flags')
+    try:
+        model.load_state_dict(checkpoint['state_dict'])
+    except RuntimeError as e:
+        raise SystemExit(f'{path} does not fit --model {unwrap_model(model).pretrained_cfg["architecture"]}: {e}')
+    if restore_optimizer and 'optimizer' in checkpoint:
+        optimizer.load_state_dict(checkpoint['optimizer'])
+    if loss_scaler is not None and 'amp_scaler' in checkpoint:
+        loss_scaler.load_state_dict(checkpoint['amp_scaler'])
+    if 'rng_state' in checkpoint:
+        torch.set_rng_state(checkpoint['rng_state'])
+    _logger.info(f'Resumed from {path} (epoch {checkpoint["epoch"]})')
+    return int(checkpoint['epoch']) + 1
+
+
+def main(argv=None) -> dict:
+    setup_default_logging()
+    args = _parse_args(argv)
+    _resolve_defaults(args)
+    device = init_distributed_device(args)
+    random_seed(args.seed, args.rank)
+    amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
+
+    # data: class counts of the training set drive the loss, the sampler, RSG's head classes and the metrics
+    lt_kwargs = dict(imb_type=args.imb_type, imb_factor=args.imb_factor, imb_select=args.imb_select,
+                     download=args.dataset_download)
+    train_set = create_lt_dataset(args.dataset, args.data_dir, split=args.train_split, is_training=True, **lt_kwargs)
+    eval_set = create_lt_dataset(args.dataset, args.data_dir, split=args.val_split, is_training=False, **lt_kwargs)
+    class_counts, label_names = list(train_set.class_counts), list(train_set.classes)
+    if args.num_classes is not None and args.num_classes != len(class_counts):
+        raise SystemExit(f'--num-classes {args.num_classes} but {args.dataset} has {len(class_counts)} classes')
+
+    model = _create_model(args, len(class_counts), class_counts)
+    data_config = resolve_data_config(vars(args), model=model)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader_kwargs = dict(dataset_name=args.dataset, data_config=data_config, device=device,
+                         num_workers=args.workers, channels_last=args.channels_last, seed=args.seed)
+    train_loader = create_lt_loader(train_set, batch_size=args.batch_size, is_training=True,
+                                    sampler=create_sampler(args.sampler, train_set, **sampler_kwargs(args)),
+                                    **loader_kwargs)
+    eval_loader = create_lt_loader(eval_set, batch_size=args.validation_batch_size or args.batch_size,
+                                   is_training=False, sampler=ShardSampler(len(eval_set), args.world_size, args.rank),
+                                   **loader_kwargs)
+
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), filter_bias_and_bn=not args.decay_all_params)
+    loss_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
+                                                   updates_per_epoch=len(train_loader))
+    criterion = create_loss(args.loss, class_counts=class_counts, **loss_kwargs(args)).to(device)
+    reweight = create_reweight(args.reweight, class_counts, beta=args.cb_beta, drw_epoch=args.drw_epoch)
+
+    start_epoch = 0
+    if args.resume:
+        start_epoch = _resume(args.resume, model, optimizer, loss_scaler, class_counts, not args.no_resume_opt)
+        lr_scheduler.step(start_epoch)
+    train_model = model
+    if args.distributed:  # RSG trains different parameters in each phase, so some are unused in a step
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == 'cuda' else None,
+            find_unused_parameters=hasattr(model, 'rsg'))
+
+    run = _RunState(model, class_counts, label_names)
+    saver, output_dir = None, ''
+    if is_primary(args):
+        experiment = args.experiment or (os.path.basename(os.path.dirname(os.path.abspath(args.resume)))
+                                         if args.resume else f'{time.strftime("%Y%m%d-%H%M%S")}-{args.model}-'
+                                                             f'{args.dataset}')
+        output_dir = os.path.join(args.output or os.path.join('output', 'train'), experiment)
+        os.makedirs(output_dir, exist_ok=True)
+        saver = CheckpointSaver(model, optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
+                                recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
+                                max_history=args.checkpoint_hist, task=run)
+        if args.resume:
+            saver.load_state_dict_from_checkpoint(args.resume)
+        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
+            # the resolved flags only (not the distributed bookkeeping), so the file works as a --config
+            names = _arg_names(_build_parser())
+            yaml.safe_dump({k: v for k, v in vars(args).items() if k in names}, f, sort_keys=False)
+        _logger.info(f'{args.model} on {args.dataset}: {len(train_set)} training images, class counts '
+                     f'{class_counts}; writing to {output_dir}')
+
+    progress = is_primary(args) and not args.no_progress and sys.stderr.isatty()
+    num_updates = start_epoch * len(train_loader)
+    eval_metrics, evaluator = {}, None
+    for epoch in range(start_epoch, num_epochs):
+        criterion.set_class_weight(reweight.weight_for_epoch(epoch))
+        train_metrics = train_one_epoch(
+            train_model, train_loader, criterion, optimizer, epoch=epoch, device=device, amp_dtype=amp_dtype,
+            loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, num_updates=num_updates, clip_grad=args.clip_grad,
+            clip_mode=args.clip_mode, channels_last=args.channels_last, log_interval=args.log_interval,
+            progress=progress)
+        num_updates = int(train_metrics.pop('num_updates'))
+        if args.distributed:
+            distribute_bn(model, args.world_size, reduce=True)
+        eval_metrics, evaluator = evaluate(
+            model, eval_loader, device=device, num_classes=len(class_counts), class_counts=class_counts,
+            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress,
+            distributed=args.distributed)
+        lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
+        if saver is not None:
+            _logger.info(f'epoch {epoch}: loss {train_metrics["loss"]:.4f} (cesc {train_metrics["cesc"]:.3f}, '
+                         f'mv {train_metrics["mv"]:.3f}, +{train_metrics["generated"]:.1f} samples/batch) '
+                         f'{train_metrics["images_per_sec"]:.0f} img/s | eval '
+                         + format_metrics(eval_metrics, ('top1', 'many', 'medium', 'few', 'ece')))
+            update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),
+                           lr=train_metrics['lr'])
+            saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
+
+    if saver is None or evaluator is None:
+        return eval_metrics
+    # the deployable result: the last epoch's backbone (selecting an epoch on the test split would flatter it)
+    save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
+                    data_config=data_config)
+    evaluator.per_class().to_csv(os.path.join(output_dir, 'per_class.csv'), index=False)
+    plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
+    result = dict(eval_metrics, best_metric=saver.best_metric, best_epoch=saver.best_epoch, output_dir=output_dir)
+    _logger.info(f'final (last epoch): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
+                                                                         'ece'))
+                 + f' | best {args.eval_metric} {saver.best_metric:.2f} at epoch {saver.best_epoch}')
+    print('--result')
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == '__main__':
+    run_cli(main)
