@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .registry import Registry
+
 __all__ = [
     'register_loss', 'list_losses', 'create_loss', 'loss_kwargs',
     'register_reweight', 'list_reweights', 'create_reweight',
@@ -40,15 +42,11 @@ class _LossEntry(NamedTuple):
     arg_map: Dict[str, str]  # argparse dest -> constructor kwarg
 
 
-_LOSSES: Dict[str, _LossEntry] = {}
-_REWEIGHTS: Dict[str, Callable[..., Any]] = {}
+_LOSSES = Registry('loss')
+_REWEIGHTS = Registry('re-weighting schedule')
 
 
 # helpers
-
-def _unknown(kind: str, name: str, table: Dict[str, Any]) -> ValueError:
-    return ValueError(f'Unknown {kind} {name!r}; valid names: {", ".join(sorted(table))}.')
-
 
 def _counts(class_counts: ClassCounts, *, positive: bool = True) -> torch.Tensor:
     """Validate training images per class and return them as float64 ``[C]`` (exact powers and logs)."""
@@ -108,16 +106,14 @@ def register_loss(name: str, *, arg_map: Optional[Dict[str, str]] = None) -> Cal
             e.g. ``{'focal_gamma': 'gamma'}``.
     """
     def _decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _LOSSES:
-            raise ValueError(f'Loss {name!r} is already registered (by {_LOSSES[name].builder.__qualname__}).')
-        _LOSSES[name] = _LossEntry(builder, dict(arg_map or {}))
+        _LOSSES.add(name, _LossEntry(builder, dict(arg_map or {})))
         return builder
     return _decorate
 
 
 def list_losses() -> List[str]:
     """Sorted names of the registered losses."""
-    return sorted(_LOSSES)
+    return _LOSSES.names()
 
 
 def create_loss(
@@ -138,9 +134,7 @@ def create_loss(
             raise ValueError(f'create_loss got a ready {type(name).__name__}; drop the kwargs {sorted(kwargs)}.')
         return name
     if isinstance(name, str):
-        if name not in _LOSSES:
-            raise _unknown('loss', name, _LOSSES)
-        builder = _LOSSES[name].builder
+        builder = _LOSSES.get(name).builder
     else:
         builder = name
     param = inspect.signature(builder).parameters.get('class_counts')
@@ -159,9 +153,10 @@ def loss_kwargs(args: Any) -> Dict[str, Any]:
     The only function here that reads ``args``; e.g. ``--focal-gamma`` -> ``gamma``, ``--ldam-max-m`` ->
     ``max_m``, ``--ldam-s`` -> ``s``, ``--la-tau`` -> ``tau``.
     """
-    entry = _LOSSES.get(getattr(args, 'loss', None))
-    if entry is None:
+    name = getattr(args, 'loss', None)
+    if name not in _LOSSES:
         return {}
+    entry = _LOSSES.get(name)
     values = {kw: getattr(args, dest, None) for dest, kw in entry.arg_map.items()}
     return {kw: v for kw, v in values.items() if v is not None}
 
@@ -295,17 +290,12 @@ class LogitAdjustedLoss(_LogitOffsetLoss):
 
 def register_reweight(name: str) -> Callable:
     """Register a re-weighting schedule (a class whose instances have ``weight_for_epoch``)."""
-    def _decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _REWEIGHTS:
-            raise ValueError(f'Re-weighting schedule {name!r} is already registered.')
-        _REWEIGHTS[name] = builder
-        return builder
-    return _decorate
+    return _REWEIGHTS.decorator(name)
 
 
 def list_reweights() -> List[str]:
     """Sorted names of the registered re-weighting schedules."""
-    return sorted(_REWEIGHTS)
+    return _REWEIGHTS.names()
 
 
 def create_reweight(
@@ -323,9 +313,7 @@ def create_reweight(
         beta: effective-number beta.
         drw_epoch: first (0-based) epoch with class-balanced weights under ``drw``.
     """
-    if name not in _REWEIGHTS:
-        raise _unknown('re-weighting schedule', name, _REWEIGHTS)
-    builder = _REWEIGHTS[name]
+    builder = _REWEIGHTS.get(name)
     offered = dict(class_counts=class_counts, beta=beta, drw_epoch=drw_epoch)
     kwargs = {k: v for k, v in offered.items() if _accepts(builder, k)}
     if 'class_counts' in kwargs and class_counts is None:

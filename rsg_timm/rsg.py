@@ -12,7 +12,7 @@ vectors), including its quirks, with three changes that do not alter the maths:
 
 The only host synchronisation is reading the head/tail counts, which fix the number of generated samples.
 """
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn

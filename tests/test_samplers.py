@@ -21,7 +21,7 @@ def _class_freq(indices, num_draws):
 
 
 def test_registry():
-    assert list_samplers() == ['class_balanced', 'instance', 'progressive', 'sqrt']
+    assert list_samplers() == ['class_balanced', 'deferred', 'instance', 'progressive', 'sqrt']
     assert isinstance(create_sampler('sqrt', TARGETS), SqrtSampler)
     with pytest.raises(ValueError, match="class_balanced.*instance.*progressive.*sqrt"):
         create_sampler('balanced', TARGETS)
@@ -104,3 +104,17 @@ def test_sampler_kwargs_and_dataset_input():
 
     s = create_sampler('class_balanced', _Dataset(), **sampler_kwargs(argparse.Namespace(seed=1, epochs=2)))
     assert len(s) == len(TARGETS) and s.seed == 1
+
+
+def test_deferred_sampler_switches_to_effective_number_weights():
+    from rsg_timm.data import create_sampler
+    targets = [0] * 900 + [1] * 90 + [2] * 10
+    sampler = create_sampler('deferred', targets, num_samples=30000, switch_epoch=3, beta=0.9999)
+    counts = lambda: torch.bincount(torch.as_tensor(targets)[torch.tensor(list(sampler))], minlength=3).double()  # noqa
+    sampler.set_epoch(2)
+    before = counts() / 30000
+    assert before[0] > 0.85 and before[2] < 0.02  # instance-balanced until the switch
+    sampler.set_epoch(3)
+    n = torch.tensor([900.0, 90.0, 10.0], dtype=torch.float64)
+    mass = n * (1 - 0.9999) / (1 - 0.9999 ** n)
+    torch.testing.assert_close(counts() / 30000, mass / mass.sum(), atol=0.015, rtol=0)

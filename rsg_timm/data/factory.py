@@ -1,7 +1,9 @@
 """Dataset registry: one ``create_lt_dataset(name, ...)`` for every long-tailed benchmark the package reads."""
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 from torch.utils.data import Dataset
+
+from ..registry import Registry
 
 from .cifar_lt import CifarLT, is_train_split
 from .demo import DemoLT
@@ -40,18 +42,16 @@ def _folder(root, split, imb_type, imb_factor, imb_select, download, transform):
         transform=transform)
 
 
-_DATASETS: Dict[str, Callable[..., Dataset]] = {
-    'demo': _demo,
-    'cifar10_lt': _cifar(10),
-    'cifar100_lt': _cifar(100),
-    **{name: _list(name) for name in LIST_LT_SPECS},
-    'folder_lt': _folder,
-}
+_DATASETS = Registry('dataset')
+for _name, _builder in [('demo', _demo), ('cifar10_lt', _cifar(10)), ('cifar100_lt', _cifar(100)),
+                        *[(name, _list(name)) for name in LIST_LT_SPECS], ('folder_lt', _folder)]:
+    _DATASETS.add(_name, _builder)
+del _name, _builder
 
 
 def list_lt_datasets() -> List[str]:
     """Names accepted by ``create_lt_dataset``, sorted."""
-    return sorted(_DATASETS)
+    return _DATASETS.names()
 
 
 def create_lt_dataset(
@@ -83,8 +83,7 @@ def create_lt_dataset(
         download: let torchvision download CIFAR when it is missing.
         transform: torchvision-style transform applied to each PIL image.
     """
-    if name not in _DATASETS:
-        raise ValueError(f'Unknown dataset {name!r}; choose one of {list_lt_datasets()}.')
+    builder = _DATASETS.get(name)
     if split is None:
         split = 'train' if is_training else 'test'
-    return _DATASETS[name](root, split, imb_type, imb_factor, imb_select, download, transform)
+    return builder(root, split, imb_type, imb_factor, imb_select, download, transform)

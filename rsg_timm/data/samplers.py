@@ -11,35 +11,32 @@ wrapping so that all ranks get the same length (as ``torch.utils.data.Distribute
 DDP-aware class-balanced sampler torchsampler never shipped (its issue #9).
 """
 import math
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ..registry import Registry
+
 __all__ = [
-    'LTSampler', 'InstanceSampler', 'ClassBalancedSampler', 'SqrtSampler', 'ProgressiveSampler',
+    'LTSampler', 'InstanceSampler', 'ClassBalancedSampler', 'SqrtSampler', 'ProgressiveSampler', 'DeferredSampler',
     'register_sampler', 'list_samplers', 'create_sampler', 'sampler_kwargs',
 ]
 
-_SAMPLERS: Dict[str, Callable[..., 'LTSampler']] = {}
+_SAMPLERS = Registry('sampler')
 
 Targets = Union[Sequence[int], np.ndarray, torch.Tensor]
 
 
 def register_sampler(name: str) -> Callable:
     """Class decorator adding a sampler to the registry under ``name``; a duplicate name is an error."""
-    def _register(cls):
-        if name in _SAMPLERS:
-            raise ValueError(f'Sampler {name!r} is already registered.')
-        _SAMPLERS[name] = cls
-        return cls
-    return _register
+    return _SAMPLERS.decorator(name)
 
 
 def list_samplers() -> List[str]:
     """Registered sampler names, sorted."""
-    return sorted(_SAMPLERS)
+    return _SAMPLERS.names()
 
 
 class LTSampler(Sampler[int]):
@@ -169,6 +166,34 @@ class ProgressiveSampler(_ClassPowerSampler):
         return (1.0 - t) * _power_probs(self.class_counts, 1.0) + t * _power_probs(self.class_counts, 0.0)
 
 
+@register_sampler('deferred')
+class DeferredSampler(_ClassPowerSampler):
+    """Deferred re-sampling (DRS): instance-balanced before ``switch_epoch``, re-balanced from it on.
+
+    After the switch each image is drawn with its class's effective-number weight (1 - beta) / (1 - beta^n_y), as
+    the official RSG large-scale scripts do (Cui et al.'s weights; with beta = 0.9999 and a few hundred images per
+    class this is close to class-balanced).
+
+    Args:
+        switch_epoch: first (0-based) re-sampled epoch.
+        beta: effective-number beta.
+    """
+
+    def __init__(self, targets: Targets, switch_epoch: int = 0, beta: float = 0.9999, **kwargs):
+        super().__init__(targets, **kwargs)
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f'beta must lie in [0, 1), got {beta}.')
+        self.switch_epoch = int(switch_epoch)
+        self.beta = beta
+
+    def class_probs(self) -> torch.Tensor:
+        counts = self.class_counts.double()
+        if self.epoch < self.switch_epoch:
+            return _power_probs(self.class_counts, 1.0)
+        mass = torch.where(counts > 0, counts * (1.0 - self.beta) / (1.0 - self.beta ** counts), counts)
+        return mass / mass.sum()
+
+
 def create_sampler(
         name: str,
         targets: Targets,
@@ -178,6 +203,7 @@ def create_sampler(
         rank: int = 0,
         seed: int = 0,
         total_epochs: Optional[int] = None,
+        **options,
 ) -> LTSampler:
     """Build a registered sampler by name.
 
@@ -189,20 +215,25 @@ def create_sampler(
         rank: this process's rank.
         seed: base seed (epoch e uses seed + e on every rank).
         total_epochs: T of the progressive sampler; ignored by the others.
+        options: sampler-specific arguments (``deferred``: ``switch_epoch``, ``beta``).
     """
-    if name not in _SAMPLERS:
-        raise ValueError(f'Unknown sampler {name!r}; choose one of {list_samplers()}.')
+    sampler_cls = _SAMPLERS.get(name)
     targets = getattr(targets, 'targets', targets)
-    return _SAMPLERS[name](
-        targets, num_samples=num_samples, num_replicas=num_replicas, rank=rank, seed=seed, total_epochs=total_epochs)
+    return sampler_cls(
+        targets, num_samples=num_samples, num_replicas=num_replicas, rank=rank, seed=seed, total_epochs=total_epochs,
+        **options)
 
 
 def sampler_kwargs(args) -> dict:
     """The ``create_sampler`` keyword arguments from a train.py namespace (``seed``, ``epochs``, ``world_size``,
-    ``rank``); the only function here that reads an argparse namespace."""
-    return dict(
+    ``rank``, and ``drs_epoch`` / ``cb_beta`` for ``--sampler deferred``); the only function here that reads an
+    argparse namespace."""
+    kwargs = dict(
         num_replicas=getattr(args, 'world_size', 1) or 1,
         rank=getattr(args, 'rank', 0) or 0,
         seed=getattr(args, 'seed', 0) or 0,
         total_epochs=getattr(args, 'epochs', None),
     )
+    if getattr(args, 'sampler', None) == 'deferred':
+        kwargs.update(switch_epoch=args.drs_epoch, beta=args.cb_beta)
+    return kwargs
