@@ -78,6 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--loss', default='ldam', help=f'one of: {", ".join(list_losses())}')
     group.add_argument('--reweight', default='drw', help=f'one of: {", ".join(list_reweights())}')
     group.add_argument('--drw-epoch', type=int, default=None, help='first re-weighted epoch (default 80%% in)')
+    group.add_argument('--drs-epoch', type=int, default=None,
+                       help='first re-sampled epoch of --sampler deferred (default 80%% in)')
     group.add_argument('--cb-beta', type=float, default=0.9999, help='effective-number beta')
     group.add_argument('--focal-gamma', type=float, default=None)
     group.add_argument('--ldam-max-m', type=float, default=None)
@@ -164,6 +166,8 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         args.decay_milestones = [max(late - 1, 0), max(int(LAST_DECAY * args.epochs) - 1, 0)]
     if args.drw_epoch is None:
         args.drw_epoch = late
+    if args.drs_epoch is None:
+        args.drs_epoch = late
     is_rsg = backbone_arch(args.model) != timm.models.get_arch_name(args.model)
     if is_rsg and args.rsg_epoch_thresh is None:
         args.rsg_epoch_thresh = max(late - 1, 0)
@@ -328,7 +332,7 @@ def main(argv=None) -> dict:
     evaluator.per_class().to_csv(os.path.join(output_dir, 'per_class.csv'), index=False)
     plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
     result = dict(eval_metrics, best_metric=saver.best_metric, best_epoch=saver.best_epoch, output_dir=output_dir)
-    _logger.info(f'final (last epoch): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
+    _logger.info('final (last epoch): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
                                                                          'ece'))
                  + f' | best {args.eval_metric} {saver.best_metric:.2f} at epoch {saver.best_epoch}')
     print('--result')

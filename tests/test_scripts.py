@@ -1,5 +1,6 @@
 """train.py and validate.py end to end on a tiny long-tailed set: outputs, resume, export, DDP, AMP, bad input."""
 import csv
+import glob
 import importlib.util
 import os
 import shutil
@@ -214,3 +215,11 @@ def test_torchrun_two_processes_on_cpu(tiny_demo, tmp_path):
     rows = _summary(str(tmp_path / 'ddp'))
     assert len(rows) == 2 and float(rows[1]['train_generated']) > 0
     assert os.path.isfile(tmp_path / 'ddp' / 'model.safetensors')
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'configs', '*.yaml'))),
+                         ids=lambda p: os.path.basename(p))
+def test_every_recipe_parses_and_names_a_registered_model(path):
+    args = train_script._parse_args(['--config', path])
+    assert timm.is_model(args.model), args.model
+    assert args.dataset in ('cifar10_lt', 'cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018')
