@@ -65,8 +65,8 @@ def load_training_checkpoint(path: str) -> Dict[str, Any]:
     return checkpoint
 
 
-def _read_export_config(model_name: str) -> Dict[str, Any]:
-    """``config.json`` of a ``local-dir:`` or ``hf-hub:`` model (from the Hub cache when offline)."""
+def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
+    """``config.json`` of a ``local-dir:`` or ``hf-hub:`` model (from the Hub cache ``cache_dir`` when offline)."""
     if model_name.startswith('local-dir:'):
         path = os.path.join(model_name[len('local-dir:'):], 'config.json')
     else:
@@ -75,7 +75,7 @@ def _read_export_config(model_name: str) -> Dict[str, Any]:
         revision = None
         if '@' in repo_id:
             repo_id, revision = repo_id.split('@', 1)
-        path = hf_hub_download(repo_id, 'config.json', revision=revision)
+        path = hf_hub_download(repo_id, 'config.json', revision=revision, cache_dir=cache_dir)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{model_name}: no config.json at {path!r}; is this an exported model folder?')
     with open(path) as f:
@@ -120,7 +120,7 @@ def create_eval_model(
         ``(model, class_counts, label_names)``; the last two are ``None`` when the source does not carry them.
     """
     if model_name.startswith(('local-dir:', 'hf-hub:')):
-        config = _read_export_config(model_name)
+        config = _read_export_config(model_name, cache_dir=kwargs.get('cache_dir'))
         model = timm.create_model(model_name, pretrained=True, **kwargs)
         return model, config.get(CLASS_COUNTS_KEY), config.get(LABEL_NAMES_KEY) or config.get('label_names')
 

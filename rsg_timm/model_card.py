@@ -1,0 +1,278 @@
+"""Read a train.py run folder and describe it as a Hugging Face model card (``README.md``).
+
+The card says what a long-tail reader needs to judge the weights: the recipe (from ``args.yaml``), the training
+class profile and its many/medium/few groups, the last epoch's accuracy (the honest number) beside the best test
+epoch (labelled as selected on the test split, which is what the RSG and LDAM-DRW papers report), the per-class
+table, how to train it again, how to load it, the citation and the licence. Pure text: no network, no writes.
+"""
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import pandas as pd
+import yaml
+
+from .data.constants import CLASS_COUNTS_KEY, FEW_SHOT_MAX, MANY_SHOT_MIN
+from .metrics import shot_split
+
+__all__ = ['TrainingRun', 'read_run', 'create_model_card', 'markdown_table', 'RSG_BIBTEX']
+
+RSG_BIBTEX = """@inproceedings{wang2021rsg,
+  title     = {RSG: A Simple but Effective Module for Learning Imbalanced Datasets},
+  author    = {Wang, Jianfeng and Lukasiewicz, Thomas and Hu, Xiaolin and Cai, Jianfei and Xu, Zhenghua},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2021}
+}"""
+_TIMM_BIBTEX = """@misc{rw2019timm,
+  author       = {Ross Wightman},
+  title        = {PyTorch Image Models},
+  year         = {2019},
+  publisher    = {GitHub},
+  journal      = {GitHub repository},
+  doi          = {10.5281/zenodo.4414861},
+  howpublished = {\\url{https://github.com/huggingface/pytorch-image-models}}
+}"""
+# Hub datasets the long-tailed sets are drawn from (the card's ``datasets`` metadata).
+_HUB_DATASETS = {'demo': 'uoft-cs/cifar10', 'cifar10_lt': 'uoft-cs/cifar10', 'cifar100_lt': 'uoft-cs/cifar100',
+                 'imagenet_lt': 'ILSVRC/imagenet-1k'}
+_TAGS = ('image-classification', 'timm', 'long-tail', 'rsg')
+# args.yaml keys shown as the recipe, in this order (unset ones are left out).
+_RECIPE_KEYS = (
+    'model', 'pretrained', 'dataset', 'imb_type', 'imb_factor', 'imb_select', 'sampler', 'loss', 'focal_gamma',
+    'ldam_max_m', 'ldam_s', 'la_tau', 'cosine_classifier', 'reweight', 'drw_epoch', 'cb_beta', 'epochs',
+    'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'decay_all_params', 'sched', 'decay_milestones',
+    'decay_rate', 'warmup_epochs', 'warmup_lr', 'amp', 'seed',
+    'rsg_stage', 'rsg_n_center', 'rsg_contrastive_dim', 'rsg_strength', 'rsg_epoch_thresh', 'rsg_head_ratio',
+    'rsg_cesc_weight', 'rsg_mv_weight',
+)
+_RESULT_KEYS = ('top1', 'top5', 'many', 'medium', 'few', 'ece')
+_MAX_TABLE_CLASSES = 100  # larger per-class tables stay in per_class.csv
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    """What a train.py run folder records; ``summary`` / ``per_class`` are None when the run has not written them.
+
+    Args:
+        run_dir: the run folder.
+        args: the resolved training arguments (``args.yaml``).
+        summary: one row per finished epoch (``summary.csv``).
+        per_class: the last epoch's per-class accuracy (``per_class.csv``).
+    """
+    run_dir: Path
+    args: Dict[str, Any]
+    summary: Optional[pd.DataFrame]
+    per_class: Optional[pd.DataFrame]
+
+    @property
+    def last(self) -> Optional[pd.Series]:
+        """The last finished epoch's row."""
+        return None if self.summary is None or self.summary.empty else self.summary.iloc[-1]
+
+    @property
+    def best(self) -> Optional[pd.Series]:
+        """The row of the best epoch by the run's ``--eval-metric``, chosen on the evaluated (test) split as the
+        checkpoint saver did (first of equals)."""
+        if self.last is None:
+            return None
+        metric = self.summary[f'eval_{self.args.get("eval_metric", "top1")}']
+        return self.summary.loc[metric.idxmin() if self.args.get('eval_metric') == 'loss' else metric.idxmax()]
+
+
+def read_run(run_dir: Any) -> TrainingRun:
+    """Read a run folder written by train.py.
+
+    Raises:
+        FileNotFoundError: the folder is missing or has no ``args.yaml`` (so it is not a train.py run).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f'run folder {str(run_dir)!r} does not exist; pass output/train/<experiment> as '
+                                f'written by train.py')
+    if not (run_dir / 'args.yaml').is_file():
+        raise FileNotFoundError(f'{str(run_dir)!r} is not a train.py run folder: it has no args.yaml (a run holds '
+                                f'args.yaml, summary.csv, last.pth.tar and its model.safetensors + config.json)')
+    args = yaml.safe_load((run_dir / 'args.yaml').read_text()) or {}
+    tables = {name: pd.read_csv(run_dir / f'{name}.csv') if (run_dir / f'{name}.csv').is_file() else None
+              for name in ('summary', 'per_class')}
+    return TrainingRun(run_dir, args, **tables)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table; floats get two decimals and NaN reads ``n/a``."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return 'n/a' if math.isnan(v) else f'{v:.2f}'
+        return str(v).replace('|', '\\|')
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows]
+    return '\n'.join(lines)
+
+
+def _method(args: Dict[str, Any]) -> str:
+    """E.g. ``LDAM + DRW + RSG``: the loss, the re-weighting and whether RSG was trained."""
+    parts = [str(args.get('loss', '?')).upper()]
+    if args.get('reweight') not in (None, 'none'):
+        parts.append(str(args['reweight']).upper())
+    if args.get('sampler') not in (None, 'instance'):
+        parts.append(f'{args["sampler"]} sampling')
+    if str(args.get('model', '')).startswith('rsg_'):
+        parts.append('RSG')
+    return ' + '.join(parts)
+
+
+def _profile(args: Dict[str, Any]) -> str:
+    if args.get('imb_type', 'none') == 'none' or not args.get('imb_factor'):
+        return args.get('dataset', '?')
+    return f'{args.get("dataset", "?")} ({args["imb_type"]}, ρ = {round(1 / args["imb_factor"])})'
+
+
+def _front_matter(args: Dict[str, Any]) -> str:
+    meta: Dict[str, Any] = dict(library_name='timm', license='apache-2.0', tags=list(_TAGS),
+                                pipeline_tag='image-classification')
+    dataset = args.get('dataset')
+    if dataset:
+        meta['datasets'] = [_HUB_DATASETS.get(dataset, dataset)]
+    return '---\n' + yaml.safe_dump(meta, sort_keys=False) + '---\n'
+
+
+def _dataset_section(counts: Optional[List[int]]) -> str:
+    if not counts:
+        return 'The export carries no training class counts.'
+    groups = shot_split(counts)
+    return '\n'.join([
+        f'{len(counts)} classes, {sum(counts)} training images, {max(counts)} to {min(counts)} per class '
+        f'(measured imbalance {max(counts) / max(min(counts), 1):.1f}).',
+        '',
+        markdown_table(['group', 'training images per class', 'classes'], [
+            ('many', f'> {MANY_SHOT_MIN}', len(groups['many'])),
+            ('medium', f'{FEW_SHOT_MAX}..{MANY_SHOT_MIN}', len(groups['medium'])),
+            ('few', f'< {FEW_SHOT_MAX}', len(groups['few'])),
+        ]),
+    ])
+
+
+def _results_section(run: TrainingRun) -> str:
+    last, best = run.last, run.best
+    if last is None:
+        return 'The run folder has no summary.csv, so no results are reported.'
+    epochs = run.args.get('epochs')
+    done = int(last['epoch']) + 1
+    metric = run.args.get('eval_metric', 'top1')
+    rows = [(f'last epoch ({done - 1})', *(last.get(f'eval_{k}', math.nan) for k in _RESULT_KEYS)),
+            (f'best {metric} on test (epoch {int(best["epoch"])})',
+             *(best.get(f'eval_{k}', math.nan) for k in _RESULT_KEYS))]
+    text = [
+        f'Accuracy (%) on the balanced `{run.args.get("val_split", "test")}` split; many/medium/few are the mean '
+        f'per-class accuracy of classes with > {MANY_SHOT_MIN}, {FEW_SHOT_MAX}..{MANY_SHOT_MIN} and < '
+        f'{FEW_SHOT_MAX} training images.',
+        '',
+        markdown_table(['epoch', *_RESULT_KEYS], rows),
+        '',
+        "**The published weights are the last epoch's.** "
+        'The best-epoch row is selected on the test split itself '
+        '(as the official RSG and LDAM-DRW code report), so it is optimistic; it is given only for comparison '
+        'with published numbers.',
+    ]
+    if epochs is not None and done < int(epochs):
+        text += ['', f'The run stopped after {done} of {epochs} epochs.']
+    return '\n'.join(text)
+
+
+def _per_class_section(per_class: Optional[pd.DataFrame]) -> str:
+    if per_class is None:
+        return 'The run folder has no per_class.csv.'
+    columns = [c for c in ('class_id', 'label', 'train_count', 'test_count', 'accuracy', 'shot')
+               if c in per_class.columns]
+    table = markdown_table(columns, per_class[columns].head(_MAX_TABLE_CLASSES).itertuples(index=False))
+    if len(per_class) > _MAX_TABLE_CLASSES:
+        table += f'\n\nFirst {_MAX_TABLE_CLASSES} of {len(per_class)} classes; all are in `per_class.csv`.'
+    return 'Last epoch, also in `per_class.csv`.\n\n' + table
+
+
+def create_model_card(run: TrainingRun, config: Dict[str, Any], repo_id: str, needs_plugin: bool) -> str:
+    """The ``README.md`` of a run's Hub repo.
+
+    Args:
+        run: the run folder's records.
+        config: the export's ``config.json``.
+        repo_id: ``ORG/NAME`` the card is published under (used in the loading examples).
+        needs_plugin: the architecture is registered by rsg_timm, so loading needs ``import rsg_timm``.
+    """
+    args, arch = run.args, config.get('architecture', '?')
+    recipe = [(f'`--{k.replace("_", "-")}`', ' '.join(map(str, v)) if isinstance(v, list) else str(v))
+              for k in _RECIPE_KEYS for v in [args.get(k)] if v is not None and v is not False]
+    import_line = 'import timm, rsg_timm  # rsg_timm registers ' + arch if needs_plugin else 'import timm'
+    dataset = args.get('dataset', 'DATASET')
+    sections = [
+        _front_matter(args),
+        f'# {repo_id}',
+        '',
+        f'`{arch}` trained on {_profile(args)} with {_method(args)} by rsg_timm, the timm plugin for '
+        f'[RSG](https://arxiv.org/abs/2106.09859) (Rare-class Sample Generator, CVPR 2021). RSG only acts during '
+        f'training, so these weights are the plain `{arch}` backbone'
+        + (' and load in plain timm.' if not needs_plugin else '; `import rsg_timm` registers the architecture.'),
+        '',
+        '## Recipe',
+        '',
+        markdown_table(['setting', 'value'], recipe),
+        '',
+        'Flags not listed kept their defaults' + (' (for RSG: the paper\'s settings).' if args.get('model', '')
+                                                  .startswith('rsg_') else '.'),
+        '',
+        '## Training data',
+        '',
+        _dataset_section(config.get(CLASS_COUNTS_KEY)),
+        '',
+        '## Results',
+        '',
+        _results_section(run),
+        '',
+        '## Per-class accuracy',
+        '',
+        _per_class_section(run.per_class),
+        '',
+        '## Train it again',
+        '',
+        'The resolved arguments of this run are in `args.yaml` (machine-specific paths removed); explicit flags '
+        'override it:',
+        '',
+        '```bash',
+        f'hf download {repo_id} args.yaml --local-dir .',
+        f'python train.py --config args.yaml --data-dir DATA --experiment {repo_id.split("/")[-1]}',
+        '```',
+        '',
+        '## Usage',
+        '',
+        '```python',
+        import_line,
+        f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
+        'transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))',
+        "label_names = model.pretrained_cfg.get('label_names')",
+        '',
+        'import json, huggingface_hub  # training images per class, e.g. for logit adjustment',
+        f"config = json.load(open(huggingface_hub.hf_hub_download('{repo_id}', 'config.json')))",
+        f"class_counts = config['{CLASS_COUNTS_KEY}']",
+        '```',
+        '',
+        'Evaluate with many/medium/few, per-class accuracy and calibration:',
+        '',
+        '```bash',
+        f'python validate.py --model hf-hub:{repo_id} --dataset {dataset} --data-dir DATA',
+        '```',
+        '',
+        '## Citation',
+        '',
+        '```bibtex',
+        RSG_BIBTEX,
+        '',
+        _TIMM_BIBTEX,
+        '```',
+        '',
+        '## Licence',
+        '',
+        'The weights are released under the Apache-2.0 licence; the training images keep their own terms.',
+        '',
+    ]
+    return '\n'.join(sections)

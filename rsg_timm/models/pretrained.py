@@ -1,0 +1,208 @@
+"""The model zoo: trained rsg_timm checkpoints as timm pretrained tags (``cifar_resnet32.<tag>``).
+
+A tag is one entry of ``rsg_timm/pretrained/tags.json``, keyed ``<arch>.<tag>``, whose weights ship beside it as
+``rsg_timm/pretrained/<arch>.<tag>.safetensors`` (the backbone export of a train.py run). :func:`pretrained_cfgs`
+merges the entries into a model module's ``default_cfgs`` so that::
+
+    timm.create_model('cifar_resnet32.<tag>', pretrained=True)
+
+loads the shipped file offline, or, when the package was installed without it, the published copy at the entry's
+``hf_hub_id`` (the same files as ``hf-hub:<hf_hub_id>``). An entry holds the published head's ``num_classes``, the
+data config the run used, the ``model_args`` the architecture was built with (``use_norm`` for an LDAM cosine
+head: a cfg cannot carry them, so :func:`tag_model_args` hands them to the entrypoint) and ``notes`` (measured
+accuracy, training command).
+
+The untagged cfg stays each architecture's default: ``create_model('cifar_resnet32', pretrained=True)`` keeps
+failing with timm's "No pretrained weights exist" rather than silently picking a zoo checkpoint trained for one
+particular dataset and head, and the ``rsg_*`` wrappers (which take the backbone's default cfg) keep starting from
+scratch. Ask for a zoo checkpoint by its tag.
+
+Entries are added with ``python -m rsg_timm.hub add-pretrained RUN_DIR --tag TAG --hf-hub-id ORG/NAME``
+(:func:`add_pretrained`); the table is read once, at import, when the model modules register.
+"""
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from timm.models import PretrainedCfg, model_entrypoint
+
+from ..model_card import read_run
+
+__all__ = ['PRETRAINED_DIR', 'load_pretrained_tags', 'pretrained_cfgs', 'tag_model_args', 'add_pretrained']
+
+_logger = logging.getLogger(__name__)
+
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / 'pretrained'
+_TAGS_FILE = 'tags.json'
+# Cfg fields an entry may set: everything but the weight sources and what the registry fills in.
+_ENTRY_CFG_FIELDS = frozenset(f.name for f in dataclasses.fields(PretrainedCfg)) - {
+    'url', 'file', 'state_dict', 'source', 'architecture', 'tag', 'custom_load'}
+_ENTRY_KEYS = _ENTRY_CFG_FIELDS | {'model_args'}
+# The data config of an export's config.json that a tag carries over.
+_DATA_CFG_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
+_TAG_RE = re.compile(r'^[a-z0-9][a-z0-9_]*$')
+
+Tags = Dict[str, Dict[str, Any]]
+
+
+def load_pretrained_tags(pretrained_dir: Union[str, os.PathLike] = PRETRAINED_DIR) -> Tags:
+    """The zoo table (``{'<arch>.<tag>': entry}``), empty when the folder has no ``tags.json``.
+
+    Raises:
+        ValueError: an entry with an unknown key, no ``num_classes`` or a malformed name, naming the entry.
+    """
+    path = Path(pretrained_dir) / _TAGS_FILE
+    if not path.is_file():
+        return {}
+    tags = json.loads(path.read_text())
+    for name, entry in tags.items():
+        arch, _, tag = name.partition('.')
+        unknown = sorted(set(entry) - _ENTRY_KEYS)
+        if not arch or not _TAG_RE.match(tag) or unknown or 'num_classes' not in entry:
+            raise ValueError(
+                f'{path}: entry {name!r} must be named <arch>.<tag> (tag: lower-case letters, digits, _), give '
+                f'num_classes and use only {sorted(_ENTRY_KEYS)} (unknown: {unknown})')
+    return tags
+
+
+_TAGS = load_pretrained_tags()
+
+
+def pretrained_cfgs(
+        base_cfgs: Mapping[str, Dict[str, Any]],
+        tags: Optional[Tags] = None,
+        pretrained_dir: Union[str, os.PathLike] = PRETRAINED_DIR,
+) -> Dict[str, Dict[str, Any]]:
+    """A module's untagged cfgs plus its zoo tags, keyed for ``timm.models.generate_default_cfgs``.
+
+    Each untagged cfg is keyed ``<arch>.*`` and comes after its tags: ``generate_default_cfgs`` promotes the first
+    tag with weights to the default, and only a starred key seen after it takes the default back. A tag's cfg is
+    its architecture's base cfg updated by the entry, with ``file`` set to the shipped weights (absolute) when they
+    are present.
+
+    Args:
+        base_cfgs: ``{arch: cfg}`` of the module; entries for other architectures are left for their modules.
+        tags: the zoo table; the shipped one by default.
+        pretrained_dir: where the tagged weights live.
+    """
+    tags = _TAGS if tags is None else tags
+    cfgs = {}
+    for name, entry in tags.items():
+        arch = name.split('.', 1)[0]
+        if arch not in base_cfgs:
+            continue
+        cfg = dict(base_cfgs[arch], **{k: v for k, v in entry.items() if k in _ENTRY_CFG_FIELDS})
+        weights = Path(pretrained_dir).resolve() / f'{name}.safetensors'
+        if weights.is_file():
+            cfg['file'] = str(weights)
+        elif not cfg.get('hf_hub_id'):
+            _logger.warning(f'{name}: no {weights} and no hf_hub_id, so the tag has no weights')
+        cfgs[name] = cfg
+    cfgs.update((f'{arch}.*', cfg) for arch, cfg in base_cfgs.items())
+    return cfgs
+
+
+def tag_model_args(arch: str, pretrained_cfg: Any, tags: Optional[Tags] = None) -> Dict[str, Any]:
+    """The create_model kwargs a zoo tag's weights were trained with (``{}`` for anything but a zoo tag name).
+
+    Args:
+        arch: the architecture being built.
+        pretrained_cfg: what the entrypoint received as ``pretrained_cfg`` (a tag name for ``arch.tag``).
+        tags: the zoo table; the shipped one by default.
+    """
+    if not isinstance(pretrained_cfg, str):
+        return {}
+    tags = _TAGS if tags is None else tags
+    return dict(tags.get(f'{arch}.{pretrained_cfg}', {}).get('model_args', {}))
+
+
+def _run_notes(run_dir: Path) -> List[str]:
+    """The run's last-epoch accuracy (with the best test epoch, labelled) and its training command, if it is a run."""
+    if not (run_dir / 'args.yaml').is_file():
+        return []
+    run = read_run(run_dir)
+    notes = [f'trained with: python train.py --config {run_dir / "args.yaml"}']
+    last, best = run.last, run.best
+    if last is not None:
+        shots = ', '.join(f'{k} {last[f"eval_{k}"]:.2f}' for k in ('many', 'medium', 'few'))
+        notes.insert(0, f'top-1 {last["eval_top1"]:.2f} (last epoch {int(last["epoch"])}; {shots}); best-on-test '
+                        f'{best["eval_top1"]:.2f} at epoch {int(best["epoch"])}')
+    return notes
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=dst.parent, prefix=f'.{dst.name}.', delete=False) as tmp:
+        with open(src, 'rb') as f:
+            shutil.copyfileobj(f, tmp)
+    os.replace(tmp.name, dst)
+
+
+def add_pretrained(
+        run_dir: Union[str, os.PathLike],
+        tag: str,
+        hf_hub_id: Optional[str] = None,
+        *,
+        notes: Sequence[str] = (),
+        replace: bool = False,
+        pretrained_dir: Union[str, os.PathLike] = PRETRAINED_DIR,
+) -> Tuple[str, Dict[str, Any]]:
+    """Ship a run's exported backbone as ``<arch>.<tag>``: copy its weights and write its ``tags.json`` entry.
+
+    The new tag is registered the next time rsg_timm is imported.
+
+    Args:
+        run_dir: a train.py run folder or any export folder (``config.json`` + ``model.safetensors``).
+        tag: the tag, timm style ``<recipe>_<dataset>`` (e.g. ``ldam_drw_rsg_cifar10_lt_r100``).
+        hf_hub_id: the published copy (``ORG/NAME``, as pushed by ``python -m rsg_timm.hub push``).
+        notes: extra notes; the run's measured accuracy and training command are added when known.
+        replace: overwrite an existing entry of the same name.
+        pretrained_dir: the zoo folder (the package's by default).
+
+    Returns:
+        ``('<arch>.<tag>', entry)``.
+    """
+    run_dir, pretrained_dir = Path(run_dir), Path(pretrained_dir)
+    config_path, weights_path = run_dir / 'config.json', run_dir / 'model.safetensors'
+    if not config_path.is_file() or not weights_path.is_file():
+        raise FileNotFoundError(
+            f'{run_dir} has no exported backbone (config.json + model.safetensors); train.py writes it when a run '
+            f'ends, and `python -m rsg_timm.hub push RUN_DIR --repo-id ORG/NAME --dry-run DIR` re-exports one')
+    if not _TAG_RE.match(tag):
+        raise ValueError(f'tag {tag!r}: use lower-case letters, digits and _ (timm style, e.g. ldam_drw_cifar10_lt)')
+    if hf_hub_id is not None and hf_hub_id.count('/') != 1:
+        raise ValueError(f'--hf-hub-id {hf_hub_id!r}: pass the published repo as ORG/NAME')
+    config = json.loads(config_path.read_text())
+    arch = config['architecture']
+    if not model_entrypoint(arch).__module__.startswith(__package__.split('.')[0]):
+        raise ValueError(f'{arch} is a timm architecture; zoo tags are for rsg_timm\'s own (cifar_resnet*). Load '
+                         f'its export with hf-hub:ORG/NAME instead')
+    name = f'{arch}.{tag}'
+    tags = load_pretrained_tags(pretrained_dir)
+    if name in tags and not replace:
+        raise ValueError(f'{name} is already in the zoo; pass --replace to overwrite it')
+
+    data_cfg = config.get('pretrained_cfg', {})
+    entry: Dict[str, Any] = dict(hf_hub_id=hf_hub_id, num_classes=config['num_classes'])
+    entry.update((k, data_cfg[k]) for k in _DATA_CFG_KEYS if k in data_cfg)
+    if config.get('label_names'):
+        entry['label_names'] = config['label_names']
+    entry['model_args'] = {k: v for k, v in config.get('model_args', {}).items() if k != 'num_classes'}
+    entry['notes'] = [*_run_notes(run_dir), *notes]
+    entry = {k: v for k, v in entry.items() if v is not None}
+
+    pretrained_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_copy(weights_path, pretrained_dir / f'{name}.safetensors')
+    tags[name] = entry
+    tags_path = pretrained_dir / _TAGS_FILE
+    with tempfile.NamedTemporaryFile('w', dir=pretrained_dir, prefix=f'.{_TAGS_FILE}.', delete=False) as f:
+        json.dump(dict(sorted(tags.items())), f, indent=2)
+        f.write('\n')
+    os.replace(f.name, tags_path)
+    _logger.info(f'Added {name} to {tags_path}')
+    return name, entry

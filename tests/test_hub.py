@@ -1,0 +1,217 @@
+"""Hub push (dry run and a mocked HfApi), pulling from an offline Hub cache, and the pretrained-tag model zoo."""
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from timm.models import generate_default_cfgs, get_pretrained_cfg
+
+from rsg_timm import hub
+from rsg_timm.checkpoint import create_eval_model
+from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags, pretrained_cfgs, tag_model_args
+
+REPO = Path(__file__).resolve().parent.parent
+COUNTS = [40, 30, 20, 12, 8, 6, 5, 4, 3, 2]
+REPO_ID = 'me/rsg_resnet20.tiny'
+STAGED = ['README.md', 'args.yaml', 'config.json', 'model.safetensors', 'per_class.csv', 'summary.csv']
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f'_hub_test_{name}', REPO / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def tiny_demo(tmp_path_factory):
+    """A demo-format npz: 130 long-tailed 32x32 training images (10 classes), 8 test images per class."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp('data') / 'tiny_demo.npz'
+    train_y, test_y = np.repeat(np.arange(10), COUNTS), np.repeat(np.arange(10), 8)
+    make = lambda y: (rng.integers(0, 60, (len(y), 32, 32, 3)) + (y * 19)[:, None, None, None]).astype(np.uint8)  # noqa
+    np.savez_compressed(path, train_images=make(train_y), train_labels=train_y, test_images=make(test_y),
+                        test_labels=test_y, classes=np.array([f'c{i}' for i in range(10)]),
+                        class_counts=np.array(COUNTS))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def run_dir(tiny_demo, tmp_path_factory):
+    """One epoch of rsg_resnet20 with LDAM-DRW (a cosine head, so the export carries model_args)."""
+    out = tmp_path_factory.mktemp('runs')
+    _load_script('train').main(['--model', 'rsg_resnet20', '--data-dir', tiny_demo, '--output', str(out),
+                                '--experiment', 'run', '-b', '32', '--epochs', '1', '--no-progress',
+                                '--log-interval', '0', '--warmup-epochs', '0', '--rsg-epoch-thresh', '0'])
+    return out / 'run'
+
+
+@pytest.fixture(scope='module')
+def staged(run_dir, tmp_path_factory):
+    return Path(hub.push_to_hub(run_dir, REPO_ID, dry_run_dir=tmp_path_factory.mktemp('dry') / 'staged'))
+
+
+def _logits(model, seed=0):
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return model.eval()(x)
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir()}
+
+
+def test_dry_run_stages_export_card_and_records(run_dir, staged):
+    assert sorted(os.listdir(staged)) == STAGED
+    for name in ('config.json', 'model.safetensors', 'summary.csv', 'per_class.csv'):
+        assert (staged / name).read_bytes() == (run_dir / name).read_bytes(), name
+    recipe = yaml.safe_load((staged / 'args.yaml').read_text())
+    assert recipe['model'] == 'rsg_resnet20' and recipe['rsg_epoch_thresh'] == 0
+    assert not {'data_dir', 'output', 'experiment', 'device'} & set(recipe)  # machine-specific paths removed
+
+    card = (staged / 'README.md').read_text()
+    meta = yaml.safe_load(card.split('---\n')[1])
+    assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0'
+    assert meta['tags'] == ['image-classification', 'timm', 'long-tail', 'rsg'] and meta['datasets']
+    for text in ('| `--model` | rsg_resnet20 |', '| `--loss` | ldam |', '| `--rsg-epoch-thresh` | 0 |',
+                 'LDAM + DRW + RSG', '| many | > 100 | 0 |', '| medium | 20..100 | 3 |', '| few | < 20 | 7 |',
+                 '| last epoch (0) |', 'best top1 on test (epoch 0)', "published weights are the last epoch's",
+                 '| 9 | c9 | 2 | 8 |', 'python train.py --config args.yaml', f"create_model('hf-hub:{REPO_ID}'",
+                 f'python validate.py --model hf-hub:{REPO_ID}', 'import timm, rsg_timm',
+                 'author    = {Wang, Jianfeng and Lukasiewicz, Thomas and Hu, Xiaolin and Cai, Jianfei and Xu, '
+                 'Zhenghua}', 'Apache-2.0'):
+        assert text in card, text
+    last = yaml.safe_load((run_dir / 'summary.csv').read_text().splitlines()[1].split(',')[10])  # eval_top1
+    assert f'| last epoch (0) | {last:.2f} |' in card
+
+
+def test_push_uploads_the_staged_folder(run_dir, staged, monkeypatch):
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(('init', token))
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls.append(('create_repo', repo_id, private, exist_ok))
+            return f'https://huggingface.co/{repo_id}'
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(('upload_folder', repo_id, commit_message, _files(folder_path)))
+
+    monkeypatch.setattr(hub, 'HfApi', FakeApi)
+    url = hub.push_to_hub(run_dir, REPO_ID, private=True, token='tok', commit_message='msg')
+    assert url == f'https://huggingface.co/{REPO_ID}'
+    assert calls[:2] == [('init', 'tok'), ('create_repo', REPO_ID, True, True)]
+    assert calls[2][:3] == ('upload_folder', REPO_ID, 'msg') and calls[2][3] == _files(staged)
+
+
+def test_push_reexports_a_run_without_export(run_dir, tmp_path):
+    partial = tmp_path / 'partial'
+    shutil.copytree(run_dir, partial, ignore=shutil.ignore_patterns('model.safetensors', 'config.json'))
+    out = hub.main(['push', str(partial), '--repo-id', REPO_ID, '--dry-run', str(tmp_path / 'out')])
+    config = json.loads((Path(out) / 'config.json').read_text())
+    assert config['class_counts'] == COUNTS and config['label_names'][0] == 'c0'
+    reexported = timm.create_model(f'local-dir:{out}', pretrained=True)
+    exported = timm.create_model(f'local-dir:{run_dir}', pretrained=True)
+    torch.testing.assert_close(_logits(reexported), _logits(exported), rtol=0, atol=0)
+
+
+def test_push_names_what_is_missing(run_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        hub.push_to_hub(tmp_path / 'nope', REPO_ID, dry_run_dir=tmp_path / 'out')
+    with pytest.raises(FileNotFoundError, match='no args.yaml'):
+        hub.push_to_hub(tmp_path, REPO_ID, dry_run_dir=tmp_path / 'out')
+    bare = tmp_path / 'bare'
+    shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns('*.safetensors', '*.pth.tar'))
+    with pytest.raises(FileNotFoundError, match='last.pth.tar'):
+        hub.push_to_hub(bare, REPO_ID, dry_run_dir=tmp_path / 'out')
+    with pytest.raises(ValueError, match='ORG/NAME'):
+        hub.push_to_hub(run_dir, 'no-org', dry_run_dir=tmp_path / 'out')
+    with pytest.raises(ValueError, match='another folder'):
+        hub.push_to_hub(run_dir, REPO_ID, dry_run_dir=run_dir)
+
+
+def test_pull_from_offline_hub_cache(run_dir, staged, tiny_demo, tmp_path):
+    commit = '0123456789abcdef0123456789abcdef01234567'
+    cache = tmp_path / 'hub'
+    repo = cache / f'models--{REPO_ID.replace("/", "--")}'
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(commit)
+    shutil.copytree(staged, repo / 'snapshots' / commit)
+
+    expected = _logits(timm.create_model(f'local-dir:{run_dir}', pretrained=True))
+    pulled = timm.create_model(f'hf-hub:{REPO_ID}', pretrained=True, cache_dir=cache)
+    torch.testing.assert_close(_logits(pulled), expected, rtol=0, atol=0)
+    model, counts, names = create_eval_model(f'hf-hub:{REPO_ID}', cache_dir=str(cache))
+    assert counts == COUNTS and names[0] == 'c0'
+
+    validate = _load_script('validate').main
+    common = ['--data-dir', tiny_demo, '-b', '40']
+    from_hub = validate(['--model', f'hf-hub:{REPO_ID}', '--model-kwargs', f'cache_dir={cache}', *common])
+    from_run = validate(['--model', f'local-dir:{run_dir}', *common])
+    for key in ('top1', 'many', 'medium', 'few', 'ece'):
+        assert from_hub[key] == pytest.approx(from_run[key], nan_ok=True), key
+
+
+# -- model zoo (pretrained tags) --
+
+def test_untagged_cfg_stays_the_default():
+    cfg = get_pretrained_cfg('cifar_resnet32')
+    assert not cfg.has_weights and not cfg.tag
+    with pytest.raises(RuntimeError, match='No pretrained weights'):
+        timm.create_model('cifar_resnet32', pretrained=True)
+
+
+def test_zoo_cfgs_register_tags_behind_the_untagged_default(tmp_path):
+    (tmp_path / 'arch_a.shipped.safetensors').write_bytes(b'')
+    tags = {'arch_a.shipped': dict(num_classes=7, hf_hub_id='me/a'),
+            'arch_a.hub_only': dict(num_classes=5, hf_hub_id='me/b'), 'other_arch.x': dict(num_classes=3)}
+    base = {'arch_a': dict(num_classes=10, input_size=(3, 32, 32))}
+    cfgs = pretrained_cfgs(base, tags=tags, pretrained_dir=tmp_path)
+    assert sorted(cfgs) == ['arch_a.*', 'arch_a.hub_only', 'arch_a.shipped']  # other modules' tags left alone
+    default = generate_default_cfgs(cfgs)['arch_a']
+    assert list(default.tags) == ['', 'shipped', 'hub_only'] and not default.default.has_weights
+    assert default.is_pretrained
+    shipped, hub_only = default.cfgs['shipped'], default.cfgs['hub_only']
+    assert shipped.file == str((tmp_path / 'arch_a.shipped.safetensors').resolve()) and shipped.num_classes == 7
+    assert hub_only.file is None and hub_only.hf_hub_id == 'me/b' and hub_only.input_size == (3, 32, 32)
+
+
+def test_add_pretrained_then_load_the_tag(run_dir, tmp_path):
+    name, entry = add_pretrained(run_dir, 'zoo_test', 'me/zoo', pretrained_dir=tmp_path, notes=['a note'])
+    assert name == 'cifar_resnet20.zoo_test' and (tmp_path / f'{name}.safetensors').is_file()
+    tags = load_pretrained_tags(tmp_path)
+    assert tags == {name: entry}
+    assert entry['num_classes'] == 10 and entry['model_args']['use_norm'] is True and entry['hf_hub_id'] == 'me/zoo'
+    assert entry['notes'][0].startswith('top-1 ') and 'best-on-test' in entry['notes'][0]
+    assert entry['notes'][-1] == 'a note' and entry['label_names'][0] == 'c0'
+
+    cfg = generate_default_cfgs(pretrained_cfgs({'cifar_resnet20': {}}, tags=tags, pretrained_dir=tmp_path))
+    model_args = tag_model_args('cifar_resnet20', 'zoo_test', tags=tags)
+    assert model_args['use_norm'] is True and tag_model_args('cifar_resnet20', None, tags=tags) == {}
+    # what create_model('cifar_resnet20.zoo_test', pretrained=True) does once the tag is in the shipped table
+    model = timm.create_model('cifar_resnet20', pretrained=True,
+                              pretrained_cfg=cfg['cifar_resnet20'].cfgs['zoo_test'].to_dict(), **model_args)
+    expected = _logits(timm.create_model(f'local-dir:{run_dir}', pretrained=True))
+    torch.testing.assert_close(_logits(model), expected, rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match='--replace'):
+        add_pretrained(run_dir, 'zoo_test', pretrained_dir=tmp_path)
+    with pytest.raises(ValueError, match='lower-case'):
+        add_pretrained(run_dir, 'Bad.Tag', pretrained_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match='exported backbone'):
+        add_pretrained(tmp_path, 'x', pretrained_dir=tmp_path)
+
+
+@pytest.mark.parametrize('name', sorted(load_pretrained_tags()))
+def test_shipped_tags_load_offline(name):
+    """Every tag shipped in rsg_timm/pretrained loads by name, without the network."""
+    entry = load_pretrained_tags()[name]
+    model = timm.create_model(name, pretrained=True)
+    assert model.num_classes == entry['num_classes'] and torch.isfinite(_logits(model)).all()
