@@ -1,11 +1,9 @@
 """Hub push (dry run and a mocked HfApi), pulling from an offline Hub cache, and the pretrained-tag model zoo."""
-import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -16,37 +14,18 @@ from rsg_timm import hub
 from rsg_timm.checkpoint import create_eval_model
 from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags, pretrained_cfgs, tag_model_args
 
-REPO = Path(__file__).resolve().parent.parent
-COUNTS = [40, 30, 20, 12, 8, 6, 5, 4, 3, 2]
+from conftest import TINY_COUNTS, load_script
+
+COUNTS = TINY_COUNTS
 REPO_ID = 'me/rsg_resnet20.tiny'
 STAGED = ['README.md', 'args.yaml', 'config.json', 'model.safetensors', 'per_class.csv', 'summary.csv']
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f'_hub_test_{name}', REPO / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope='module')
-def tiny_demo(tmp_path_factory):
-    """A demo-format npz: 130 long-tailed 32x32 training images (10 classes), 8 test images per class."""
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp('data') / 'tiny_demo.npz'
-    train_y, test_y = np.repeat(np.arange(10), COUNTS), np.repeat(np.arange(10), 8)
-    make = lambda y: (rng.integers(0, 60, (len(y), 32, 32, 3)) + (y * 19)[:, None, None, None]).astype(np.uint8)  # noqa
-    np.savez_compressed(path, train_images=make(train_y), train_labels=train_y, test_images=make(test_y),
-                        test_labels=test_y, classes=np.array([f'c{i}' for i in range(10)]),
-                        class_counts=np.array(COUNTS))
-    return str(path)
 
 
 @pytest.fixture(scope='module')
 def run_dir(tiny_demo, tmp_path_factory):
     """One epoch of rsg_resnet20 with LDAM-DRW (a cosine head, so the export carries model_args)."""
     out = tmp_path_factory.mktemp('runs')
-    _load_script('train').main(['--model', 'rsg_resnet20', '--data-dir', tiny_demo, '--output', str(out),
+    load_script('train.py').main(['--model', 'rsg_resnet20', '--data-dir', tiny_demo, '--output', str(out),
                                 '--experiment', 'run', '-b', '32', '--epochs', '1', '--no-progress',
                                 '--log-interval', '0', '--warmup-epochs', '0', '--rsg-epoch-thresh', '0'])
     return out / 'run'
@@ -151,7 +130,7 @@ def test_pull_from_offline_hub_cache(run_dir, staged, tiny_demo, tmp_path):
     model, counts, names = create_eval_model(f'hf-hub:{REPO_ID}', cache_dir=str(cache))
     assert counts == COUNTS and names[0] == 'c0'
 
-    validate = _load_script('validate').main
+    validate = load_script('validate.py').main
     common = ['--data-dir', tiny_demo, '-b', '40']
     from_hub = validate(['--model', f'hf-hub:{REPO_ID}', '--model-kwargs', f'cache_dir={cache}', *common])
     from_run = validate(['--model', f'local-dir:{run_dir}', *common])

@@ -1,29 +1,20 @@
 """benchmarks/reproduce.py: a tiny recipe set end to end (train, tabulate beside the paper), dry run, bad input."""
-import importlib.util
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO_DIR, load_script, write_demo_npz
+
 COUNTS = [12, 8, 6, 4, 3, 2, 2, 1, 1, 1]
-_spec = importlib.util.spec_from_file_location('_reproduce', REPO / 'benchmarks' / 'reproduce.py')
-reproduce = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reproduce)
+reproduce = load_script('benchmarks/reproduce.py')
 
 
 @pytest.fixture
 def tiny_set(tmp_path):
     """Two recipes (CE with and without RSG, the 200-epoch recipe shape) and a 40-image demo-format npz."""
-    rng = np.random.default_rng(0)
-    data = tmp_path / 'tiny.npz'
-    train_y, test_y = np.repeat(np.arange(10), COUNTS), np.repeat(np.arange(10), 2)
-    make = lambda y: rng.integers(0, 255, (len(y), 32, 32, 3)).astype(np.uint8)  # noqa: E731
-    np.savez_compressed(data, train_images=make(train_y), train_labels=train_y, test_images=make(test_y),
-                        test_labels=test_y, classes=np.array([f'c{i}' for i in range(10)]),
-                        class_counts=np.array(COUNTS))
+    data = write_demo_npz(tmp_path / 'tiny.npz', COUNTS, test_per_class=2)
     configs = tmp_path / 'configs'
     configs.mkdir()
     common = dict(dataset='demo', loss='ce', reweight='none', epochs=200, batch_size=32, warmup_epochs=0,
@@ -74,7 +65,7 @@ def test_dry_run_prints_scaled_commands(capsys):
 
 def test_paper_numbers_name_recipes_that_exist():
     for set_name, methods in reproduce.PAPER_TOP1.items():
-        assert set(reproduce.find_recipes(set_name, REPO / 'configs')) >= set(methods), set_name
+        assert set(reproduce.find_recipes(set_name, Path(REPO_DIR) / 'configs')) >= set(methods), set_name
 
 
 @pytest.mark.parametrize('argv,match', [

@@ -1,7 +1,6 @@
 """train.py and validate.py end to end on a tiny long-tailed set: outputs, resume, export, DDP, AMP, bad input."""
 import csv
 import glob
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,34 +15,12 @@ import yaml
 from rsg_timm.checkpoint import CheckpointError, load_training_checkpoint
 from rsg_timm.engine import NonFiniteLossError, train_one_epoch
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-COUNTS = [40, 30, 20, 12, 8, 6, 5, 4, 3, 2]
+from conftest import REPO_DIR, TINY_COUNTS, load_script
 
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f'_script_{name}', os.path.join(REPO, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = _load_script('train')
-validate_script = _load_script('validate')
-
-
-@pytest.fixture(scope='module')
-def tiny_demo(tmp_path_factory):
-    """A demo-format npz: 130 long-tailed 32x32 training images (10 classes), 8 test images per class."""
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp('data') / 'tiny_demo.npz'
-    train_y = np.repeat(np.arange(10), COUNTS)
-    test_y = np.repeat(np.arange(10), 8)
-    # class-dependent colour so a few steps can learn something
-    make = lambda y: (rng.integers(0, 60, (len(y), 32, 32, 3)) + (y * 19)[:, None, None, None]).astype(np.uint8)  # noqa
-    np.savez_compressed(path, train_images=make(train_y), train_labels=train_y, test_images=make(test_y),
-                        test_labels=test_y, classes=np.array([f'c{i}' for i in range(10)]),
-                        class_counts=np.array(COUNTS))
-    return str(path)
+REPO = REPO_DIR
+COUNTS = TINY_COUNTS
+train_script = load_script('train.py')
+validate_script = load_script('validate.py')
 
 
 def _train_args(data, out, experiment, *extra):
