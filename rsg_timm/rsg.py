@@ -17,7 +17,6 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call
 
 __all__ = ['RSG', 'RSGForwardOutput', 'plan_mv_pairs']
 
@@ -28,6 +27,16 @@ class RSGForwardOutput(NamedTuple):
     loss_cesc: torch.Tensor
     loss_mv: torch.Tensor
     target: torch.Tensor  # [B + G]
+
+
+def _gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a per-class parameter ``[N, ...]``, with one dense ``[N, ...]`` gradient buffer.
+
+    Advanced indexing and ``index_select`` both backpropagate through a zero tensor plus an out-of-place scatter,
+    i.e. two parameter-sized buffers (about 1 GB of transients at iNaturalist's N = 8142, C = 1024);
+    ``embedding``'s backward scatters into a single one.
+    """
+    return F.embedding(index, table.reshape(table.shape[0], -1)).reshape(index.shape + table.shape[1:])
 
 
 def plan_mv_pairs(
@@ -144,7 +153,8 @@ class RSG(nn.Module):
 
     def _center_logits(self, pooled: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-sample centre-assignment logits ``p_i · linear[y_i] + bias[y_i]``, ``[B, K]``."""
-        return torch.einsum('bc,bck->bk', pooled, self.linear[target].float()) + self.bias[target].float()
+        linear = _gather_rows(self.linear, target).float()  # [B, C, K]
+        return torch.einsum('bc,bck->bk', pooled, linear) + _gather_rows(self.bias, target).float()
 
     def _cesc_center_loss(self, g: torch.Tensor, pooled: torch.Tensor, gamma: torch.Tensor,
                           target: torch.Tensor) -> torch.Tensor:
@@ -153,25 +163,34 @@ class RSG(nn.Module):
         Expanded as ``||g_i||² − 2HW p_i·c + HW ||c||²`` so no ``[B, K, C, H, W]`` tensor exists.
         """
         hw = g.shape[2] * g.shape[3]
-        centers = self.centers[target].float()  # [B, K, C]
+        centers = _gather_rows(self.centers, target).float()  # [B, K, C]
         sq_norm = g.float().pow(2).sum(dim=(1, 2, 3))  # [B]
         dist = sq_norm[:, None] - 2 * hw * torch.einsum('bc,bkc->bk', pooled, centers) + hw * centers.pow(2).sum(-1)
         return (gamma.float() * dist).sum() / g.shape[0]
 
-    def _pair_logits(self, x: torch.Tensor, frozen: bool) -> torch.Tensor:
-        """Same-class logits of the contrastive module; ``frozen`` runs it with detached weights."""
-        if not frozen:
-            return self.contrastive_fc(self.contrastive_module(x))
-        detached = lambda m: {k: v.detach() for k, v in m.named_parameters()}  # noqa: E731
-        feats = functional_call(self.contrastive_module, detached(self.contrastive_module), (x,))
-        return functional_call(self.contrastive_fc, detached(self.contrastive_fc), (feats,))
+    def _pair_logits(self, first: torch.Tensor, second: torch.Tensor, frozen: bool) -> torch.Tensor:
+        """Logits of the contrastive (pair) classifier on the channel concatenation ``[first, second]``.
+
+        The 1x1 input conv is applied to the two halves with the two halves of its weight and summed, which equals
+        the conv of the concatenation without allocating the ``[P, 2C, H, W]`` tensor. ``frozen`` runs the module
+        with detached weights: gradients still reach the inputs, never the weights.
+        """
+        conv_in, conv_mid = self.contrastive_module[0], self.contrastive_module[2]
+        weights = [conv_in.weight, conv_in.bias, conv_mid.weight, conv_mid.bias,
+                   self.contrastive_fc.weight, self.contrastive_fc.bias]
+        if frozen:
+            weights = [w.detach() for w in weights]
+        w_in, b_in, w_mid, b_mid, w_fc, b_fc = weights
+        C = first.shape[1]
+        x = F.conv2d(first, w_in[:, :C], b_in) + F.conv2d(second, w_in[:, C:])
+        x = F.conv2d(F.relu(x), w_mid, b_mid, padding=conv_mid.padding)
+        return F.linear(x.mean(dim=(2, 3)), w_fc, b_fc)
 
     def _cesc_pair_loss(self, g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of "same class?" on (first half, second half) pairs; an odd last sample stays unpaired."""
         half = g.shape[0] // 2
-        pairs = torch.cat([g[:half], g[half:2 * half]], dim=1)
         same = (target[:half] == target[half:2 * half]).long()
-        return F.cross_entropy(self._pair_logits(pairs, frozen=False).float(), same)
+        return F.cross_entropy(self._pair_logits(g[:half], g[half:2 * half], frozen=False).float(), same)
 
     def _generate(self, g: torch.Tensor, target: torch.Tensor, gamma: torch.Tensor, a: torch.Tensor,
                   b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -190,9 +209,15 @@ class RSG(nn.Module):
         # vectors); the norm and direction terms keep that quirk.
         C = g.shape[1]
         rows_v, rows_vt, rows_u = (t.float().reshape(-1, C) for t in (v, v_t, u))
-        norm_gap = (rows_vt.norm(dim=1) - rows_v.norm(dim=1)).abs().sum()
-        direction = (F.normalize(rows_u, dim=1) * F.normalize(rows_vt, dim=1) - 1).abs().sum()
-        pair_logits = self._pair_logits(torch.cat([g_head, v_t.to(g_head.dtype)], dim=1), frozen=True).float()
+        norm_u, norm_vt = rows_u.norm(dim=1), rows_vt.norm(dim=1)
+        norm_gap = (norm_vt - rows_v.norm(dim=1)).abs().sum()
+        # Official: sum |normalize(u) * normalize(v') - 1| over every element. Each factor of a normalised row lies
+        # in [-1, 1], so every product is <= 1 and the sum is (#elements - sum of the rows' cosines): no
+        # [P, C, H, W] temporaries for the normalised rows, their product and its absolute value.
+        eps = 1e-12  # F.normalize's
+        cosines = (rows_u * rows_vt).sum(dim=1) / (norm_u.clamp_min(eps) * norm_vt.clamp_min(eps))
+        direction = rows_u.numel() - cosines.sum()
+        pair_logits = self._pair_logits(g_head, v_t.to(g_head.dtype), frozen=True).float()
         n_pairs = a.numel()
         # Every segment holds the same number of pairs, so the mean of per-segment losses is the overall mean.
         loss_mv = F.cross_entropy(pair_logits, torch.zeros_like(a)) + (norm_gap + direction) / n_pairs
