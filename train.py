@@ -234,6 +234,10 @@ def main(argv=None) -> dict:
     args = _parse_args(argv)
     _resolve_defaults(args)
     device = init_distributed_device(args)
+    if device.type == 'cpu':
+        # Once trained, RSG's generation phase produces denormal floats; without flushing them a CPU step took
+        # ~4.5x longer (CIFAR-10-LT, rsg_resnet32). Values below 1e-38 becoming zero changes nothing measurable.
+        torch.set_flush_denormal(True)
     random_seed(args.seed, args.rank)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
 
