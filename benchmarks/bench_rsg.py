@@ -458,6 +458,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if device.type == 'cpu':
+        torch.set_flush_denormal(True)  # as train.py does: denormals made some CPU steps 2-5x slower at random
     timing = dict(reps=args.reps, warmup=args.warmup, device=device)
     if args.module or args.scaling:
         cases = scaling_cases() if args.scaling else [(k, *v) for k, v in MODULE_CASES.items()]
