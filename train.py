@@ -67,6 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('-vb', '--validation-batch-size', type=int, default=None)
     group.add_argument('--channels-last', action='store_true')
     group.add_argument('--grad-checkpointing', action='store_true')
+    group.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
+                       help='torch.compile each backbone stage (opt-in; RSG stays eager, its sample count is data-'
+                            'dependent); about a minute of compiling on CPU')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
 
     group = parser.add_argument_group('Long-tail parameters')
@@ -192,6 +195,10 @@ def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> t
         _logger.info(f'RSG head classes {head}; generation after epoch {model.rsg.epoch_thresh}')
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if args.torchcompile:
+        # in place (Module.compile), so state_dict keys stay the backbone's; dynamic: generated samples change B
+        for info in model.feature_info[1:]:
+            model.get_submodule(info['module']).compile(backend=args.torchcompile, dynamic=True)
     return model
 
 
