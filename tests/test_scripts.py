@@ -200,3 +200,13 @@ def test_every_recipe_parses_and_names_a_registered_model(path):
     args = train_script._parse_args(['--config', path])
     assert timm.is_model(args.model), args.model
     assert args.dataset in ('cifar10_lt', 'cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018')
+
+
+def test_torchcompile_through_both_phases(tiny_demo, tmp_path):
+    # about a minute and a half on 2 CPU cores, most of it compiling
+    result = train_script.main(_train_args(tiny_demo, tmp_path, 'compiled', '--rsg-epoch-thresh', '0',
+                                           '--torchcompile'))
+    rows = _summary(str(tmp_path / 'compiled'))
+    assert float(rows[1]['train_generated']) > 0 and np.isfinite(result['loss'])
+    state = load_training_checkpoint(str(tmp_path / 'compiled' / 'last.pth.tar'))['state_dict']
+    assert not [k for k in state if '_orig_mod' in k]  # compiled in place: the backbone's own keys
