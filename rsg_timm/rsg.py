@@ -2,9 +2,11 @@
 Imbalanced Datasets", CVPR 2021), device-agnostic and vectorised.
 
 The module reproduces the official implementation's outputs and gradients (see ``rsg-spec.md`` and the golden
-vectors), including its quirks, with three changes that do not alter the maths:
+vectors), including its quirks, with changes that do not alter the maths:
 
 * the centre distances are expanded algebraically instead of materialising ``[B, K, C, H, W]`` tensors;
+* the pair classifier's 3x3 convolution, followed only by an average pool, is computed as window sums and a
+  matmul (it is linear), and its 1x1 input convolution runs on the two halves instead of their concatenation;
 * every MV segment is processed in one batched call instead of a Python loop (all segments have the same size,
   so the mean over segments of per-segment means is the mean over all pairs);
 * the contrastive module is frozen after the threshold by running it with detached weights, so
@@ -126,6 +128,8 @@ class RSG(nn.Module):
         self.bias = nn.Parameter(torch.ones(num_classes, K, **dd))
         self.centers = nn.Parameter(torch.zeros(num_classes, K, C, **dd))
         self.vec_transformation_module = nn.Sequential(nn.Conv2d(C, C, 3, padding=1, **dd))
+        # The official module, kept as the parameters' home and as a callable; forward uses _pair_logits, which
+        # computes the same function without the [P, 2C, H, W] concatenation and the full 3x3 convolution.
         self.contrastive_module = nn.Sequential(
             nn.Conv2d(2 * C, D, 1, **dd),
             nn.ReLU(),
