@@ -38,7 +38,8 @@ _logger = logging.getLogger('train')
 
 RSG_FLAGS = ('rsg_stage', 'rsg_n_center', 'rsg_contrastive_dim', 'rsg_strength', 'rsg_epoch_thresh',
              'rsg_head_ratio', 'rsg_cesc_weight', 'rsg_mv_weight')
-# The RSG CIFAR recipe's milestones as shares of its 200 epochs: LR decay / DRW / generation from epoch 160 and 180.
+# The RSG CIFAR recipe's milestones as shares of its 200 epochs: x0.01 from epoch 159 and x1e-4 from 179 (0-based), DRW
+# from 160, generation after 159. timm's multistep scheduler applies milestone m from epoch m - 1, hence 160 / 180.
 LATE_PHASE, LAST_DECAY = 0.8, 0.9
 
 config_parser = argparse.ArgumentParser(description='Training config', add_help=False)
@@ -120,7 +121,8 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--warmup-lr', type=float, default=0.02)
     group.add_argument('--min-lr', type=float, default=0.0)
     group.add_argument('--decay-milestones', type=int, nargs='+', default=None,
-                       help='multistep epochs (default: 80%% and 90%% in, minus one, as the RSG code)')
+                       help='multistep milestones; timm applies milestone m from epoch m - 1 (default: 80%% and 90%% in, '
+                            'so the LR drops one epoch before DRW and generation, as the RSG code)')
     group.add_argument('--decay-epochs', type=float, default=30)
     group.add_argument('--decay-rate', '--dr', type=float, default=0.01)
     group.add_argument('--cooldown-epochs', type=int, default=0)
@@ -162,11 +164,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 
 def _resolve_defaults(args: argparse.Namespace) -> None:
-    """Scale the RSG CIFAR recipe's epoch milestones (159/179 LR decay, DRW at 160, generation after 159 of 200)
-    to ``--epochs`` where no value was given, and check the RSG flags fit the model."""
+    """Scale the RSG CIFAR recipe's epoch milestones (LR decay from 159/179, DRW from 160, generation after 159 of
+    200) to ``--epochs`` where no value was given, and check the RSG flags fit the model."""
     late = int(LATE_PHASE * args.epochs)
     if args.decay_milestones is None:
-        args.decay_milestones = [max(late - 1, 0), max(int(LAST_DECAY * args.epochs) - 1, 0)]
+        args.decay_milestones = [late, int(LAST_DECAY * args.epochs)]
     if args.drw_epoch is None:
         args.drw_epoch = late
     if args.drs_epoch is None:
@@ -200,6 +202,12 @@ def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> t
         for info in model.feature_info[1:]:
             model.get_submodule(info['module']).compile(backend=args.torchcompile, dynamic=True)
     return model
+
+
+def create_lr_scheduler(args: argparse.Namespace, optimizer, updates_per_epoch: int):
+    """timm's scheduler for the resolved flags; returns ``(scheduler, num_epochs)``. Epoch ``e`` trains at the rate
+    set by ``scheduler.step(e)`` (``step(0)`` is the scheduler's initial state)."""
+    return create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=updates_per_epoch)
 
 
 class _RunState:
@@ -273,8 +281,7 @@ def main(argv=None) -> dict:
 
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), filter_bias_and_bn=not args.decay_all_params)
     loss_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
-                                                   updates_per_epoch=len(train_loader))
+    lr_scheduler, num_epochs = create_lr_scheduler(args, optimizer, updates_per_epoch=len(train_loader))
     criterion = create_loss(args.loss, class_counts=class_counts, **loss_kwargs(args)).to(device)
     reweight = create_reweight(args.reweight, class_counts, beta=args.cb_beta, drw_epoch=args.drw_epoch)
 

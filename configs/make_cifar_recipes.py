@@ -3,7 +3,8 @@
 
 The recipe is the official RSG CIFAR script's (which is LDAM-DRW's, shifted one epoch): ResNet-32, 200 epochs,
 batch 128, SGD with (non-Nesterov) momentum 0.9, weight decay 2e-4 on every parameter, lr 0.1 with a linear
-warm-up from 0.02 over the first 5 epochs, x0.01 at epochs 159 and 179 (0-based), DRW from epoch 160 with
+warm-up from 0.02 over the first 5 epochs, x0.01 from 0-based epoch 159 and x1e-4 from 179 (timm's multistep
+milestones 160/180: timm applies milestone m from epoch m - 1), DRW from epoch 160 with
 beta 0.9999, LDAM max margin 0.5 / scale 30 on a cosine classifier, focal gamma 1, RSG after stage 2 with 15
 centres, width 256, strength 1, head = the 20% largest classes, generation after epoch 159, the RSG subset
 (``first``). Run ``python configs/make_cifar_recipes.py`` after changing it.
@@ -20,7 +21,7 @@ LOSSES = {
 }
 COMMON = dict(
     imb_select='first', epochs=200, batch_size=128, opt='momentum', lr=0.1, momentum=0.9, weight_decay=2e-4,
-    decay_all_params=True, sched='multistep', warmup_epochs=4, warmup_lr=0.02, decay_milestones=[159, 179],
+    decay_all_params=True, sched='multistep', warmup_epochs=4, warmup_lr=0.02, decay_milestones=[160, 180],
     decay_rate=0.01,
 )
 RSG = dict(rsg_stage=2, rsg_n_center=15, rsg_contrastive_dim=256, rsg_strength=1.0, rsg_epoch_thresh=159,

@@ -59,7 +59,7 @@ def test_dry_run_prints_scaled_commands(capsys):
                            '--data-dir', 'DATA']) is None
     plain, rsg = capsys.readouterr().out.strip().splitlines()
     assert 'train.py --config' in plain and 'cifar10_lt_r100_ldam_drw.yaml' in plain and '--data-dir DATA' in plain
-    assert '--epochs 10 --decay-milestones 7 8 --drw-epoch 8' in plain and '--rsg-epoch-thresh' not in plain
+    assert '--epochs 10 --decay-milestones 8 9 --drw-epoch 8' in plain and '--rsg-epoch-thresh' not in plain
     assert rsg.endswith('--rsg-epoch-thresh 7')
 
 
