@@ -16,6 +16,8 @@
 # The two continuations run side by side with one thread each (on 2 cores that beats two threads one after another).
 # THREADS=1 gives the first leg one thread: use it while anything else runs on the machine (tests, builds), since
 # two OpenMP threads that must wait for a busy core slow a run down many times over (measured: 25 steps in 15 min).
+# To keep it ahead of other work, raise its scheduling group's priority (Linux autogroups: `nice` alone acts only
+# inside the group), as root: echo -10 > /proc/<driver pid>/autogroup
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
