@@ -20,6 +20,15 @@ RSG_MODELS = [
     n for n in timm.list_models('rsg_*') if 'cifar_' + n[len('rsg_'):] in CIFAR_MODELS or n == 'rsg_test_resnet']
 SLOW_RSG_MODELS = ['rsg_resnet50', 'rsg_resnext50_32x4d']
 ALL_MODELS = CIFAR_MODELS + RSG_MODELS
+# The deeper CIFAR ResNets repeat the same blocks: their contract tests run under the `slow` marker.
+_SLOW_DEPTHS = ('44', '56', '110')
+
+
+def _params(names):
+    """``names`` for parametrize, the deep CIFAR ResNets (and their rsg_ wrappers) marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n.endswith(_SLOW_DEPTHS) else n for n in names]
+
+
 # Input sizes below the cfg's, as timm's tests cap ImageNet-family inputs; the rest use their cfg input_size.
 _INPUT_SIZE = {'rsg_test_resnet': 64}
 _NUM_CLASSES = 10
@@ -64,7 +73,7 @@ def test_cifar_resnet_matches_paper():
     assert [k for k in model.state_dict() if 'layer1.0' in k][:2] == ['layer1.0.conv1.weight', 'layer1.0.bn1.weight']
 
 
-@pytest.mark.parametrize('name', ALL_MODELS)
+@pytest.mark.parametrize('name', _params(ALL_MODELS))
 def test_model_forward(name):
     model = _create(name, num_classes=_NUM_CLASSES).eval()
     x = _input(model, name)
@@ -80,7 +89,7 @@ def test_model_forward(name):
         assert [t.shape[1] for t in intermediates] == [f['num_chs'] for f in model.feature_info]
 
 
-@pytest.mark.parametrize('name', ALL_MODELS)
+@pytest.mark.parametrize('name', _params(ALL_MODELS))
 def test_model_backward(name):
     """timm's contract: model(x) in train mode without labels reaches every backbone parameter."""
     model = _create(name, num_classes=_NUM_CLASSES).train()
@@ -89,7 +98,7 @@ def test_model_backward(name):
     assert [n for n, p in backbone.items() if p.grad is None] == []
 
 
-@pytest.mark.parametrize('name', ALL_MODELS)
+@pytest.mark.parametrize('name', _params(ALL_MODELS))
 def test_model_default_cfgs(name):
     model = _create(name).eval()
     cfg = model.pretrained_cfg
@@ -109,7 +118,7 @@ def test_model_default_cfgs(name):
     assert _create(name, num_classes=0, global_pool='')(x).dim() == 4
 
 
-@pytest.mark.parametrize('name', ALL_MODELS)
+@pytest.mark.parametrize('name', _params(ALL_MODELS))
 def test_model_features_only(name):
     model = _create(name)
     backbone = model if not isinstance(model, RSGMixin) else _create(model.backbone_name)
@@ -119,7 +128,7 @@ def test_model_features_only(name):
     assert [o.shape[1] for o in outputs] == features.feature_info.channels()
 
 
-@pytest.mark.parametrize('name', RSG_MODELS)
+@pytest.mark.parametrize('name', _params(RSG_MODELS))
 def test_rsg_train_output(name):
     model = _create(name, num_classes=_NUM_CLASSES).train()
     x, y = _head_tail_batch(model, name)
@@ -138,7 +147,7 @@ _CESC_PARAMS = ('linear', 'bias', 'centers', 'contrastive_module.0.weight', 'con
 _MV_PARAMS = ('linear', 'bias', 'centers', 'vec_transformation_module.0.weight')
 
 
-@pytest.mark.parametrize('name', RSG_MODELS)
+@pytest.mark.parametrize('name', _params(RSG_MODELS))
 def test_rsg_phase_grads(name):
     model = _create(name, num_classes=_NUM_CLASSES).train()
     model.set_grad_checkpointing()  # the train path also runs checkpointed stages

@@ -206,6 +206,7 @@ def test_every_recipe_parses_and_names_a_registered_model(path):
     assert args.dataset in ('cifar10_lt', 'cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018')
 
 
+@pytest.mark.slow
 def test_torchcompile_through_both_phases(tiny_demo, tmp_path):
     # about a minute and a half on 2 CPU cores, most of it compiling
     result = train_script.main(train_args(tiny_demo, tmp_path, 'compiled', '--rsg-epoch-thresh', '0',
