@@ -27,7 +27,7 @@ from rsg_timm.cli import run_cli
 from rsg_timm.checkpoint import checkpoint_extras, fork_training_state, load_training_checkpoint
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, list_lt_datasets, \
     list_samplers, sampler_kwargs
-from rsg_timm.data.constants import CLASS_COUNTS_KEY
+from rsg_timm.constants import CLASS_COUNTS_KEY
 from rsg_timm.engine import evaluate, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs

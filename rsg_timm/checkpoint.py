@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from timm.models import clean_state_dict
 
-from .data.constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
+from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
 from .models import backbone_arch
 
 __all__ = ['CheckpointError', 'checkpoint_extras', 'load_training_checkpoint', 'fork_training_state', 'create_eval_model',

@@ -21,7 +21,7 @@ import torch.nn as nn
 from timm.layers import get_device_dtype
 from timm.models import save_for_hf
 
-from .data.constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
+from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
 from .models.rsg_model import RSGMixin
 
 __all__ = ['strip_rsg', 'save_pretrained', 'load_class_counts']

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import pandas as pd
 import yaml
 
-from .data.constants import CLASS_COUNTS_KEY, FEW_SHOT_MAX, MANY_SHOT_MIN
+from .constants import CLASS_COUNTS_KEY, FEW_SHOT_MAX, MANY_SHOT_MIN
 from .metrics import shot_split
 
 __all__ = ['TrainingRun', 'read_run', 'create_model_card', 'markdown_table', 'RSG_BIBTEX']

@@ -9,11 +9,11 @@ import pytest
 import timm
 import torch
 import yaml
-from timm.models import generate_default_cfgs, get_pretrained_cfg
+from timm.models import get_pretrained_cfg
 
 from rsg_timm import hub
 from rsg_timm.checkpoint import create_eval_model
-from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags, pretrained_cfgs, tag_model_args
+from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags, resolve_zoo_tag
 
 from helpers import TINY_COUNTS, load_script
 
@@ -145,19 +145,24 @@ def test_untagged_cfg_stays_the_default():
         timm.create_model('cifar_resnet32', pretrained=True)
 
 
-def test_zoo_cfgs_register_tags_behind_the_untagged_default(tmp_path):
-    (tmp_path / 'arch_a.shipped.safetensors').write_bytes(b'')
-    tags = {'arch_a.shipped': dict(num_classes=7, hf_hub_id='me/a'),
-            'arch_a.hub_only': dict(num_classes=5, hf_hub_id='me/b'), 'other_arch.x': dict(num_classes=3)}
-    base = {'arch_a': dict(num_classes=10, input_size=(3, 32, 32))}
-    cfgs = pretrained_cfgs(base, tags=tags, pretrained_dir=tmp_path)
-    assert sorted(cfgs) == ['arch_a.*', 'arch_a.hub_only', 'arch_a.shipped']  # other modules' tags left alone
-    default = generate_default_cfgs(cfgs)['arch_a']
-    assert list(default.tags) == ['', 'shipped', 'hub_only'] and not default.default.has_weights
-    assert default.is_pretrained
-    shipped, hub_only = default.cfgs['shipped'], default.cfgs['hub_only']
-    assert shipped.file == str((tmp_path / 'arch_a.shipped.safetensors').resolve()) and shipped.num_classes == 7
-    assert hub_only.file is None and hub_only.hf_hub_id == 'me/b' and hub_only.input_size == (3, 32, 32)
+def test_zoo_tag_resolves_to_its_cfg_and_model_args(tmp_path):
+    (tmp_path / 'cifar_resnet20.shipped.safetensors').write_bytes(b'')
+    tags = {'cifar_resnet20.shipped': dict(num_classes=7, hf_hub_id='me/a', model_args=dict(use_norm=True)),
+            'cifar_resnet20.hub_only': dict(num_classes=5, hf_hub_id='me/b'), 'other_arch.x': dict(num_classes=3)}
+
+    def resolve(tag, **kwargs):
+        return resolve_zoo_tag('cifar_resnet20', dict(kwargs, pretrained_cfg=tag), tags=tags, pretrained_dir=tmp_path)
+
+    shipped = resolve('shipped', num_classes=7)
+    cfg = shipped.pop('pretrained_cfg')
+    assert shipped == dict(use_norm=True, num_classes=7)
+    assert cfg['file'] == str((tmp_path / 'cifar_resnet20.shipped.safetensors').resolve()) and cfg['num_classes'] == 7
+    assert cfg['architecture'] == 'cifar_resnet20' and cfg['tag'] == 'shipped' and cfg['input_size'] == (3, 32, 32)
+    assert resolve('shipped', use_norm=False)['use_norm'] is False  # the caller's kwargs win
+    hub_only = resolve('hub_only')['pretrained_cfg']
+    assert hub_only.get('file') is None and hub_only['hf_hub_id'] == 'me/b' and hub_only['num_classes'] == 5
+    for tag in ('x', 'unknown', None):  # other architectures' tags and non-zoo cfgs are left to timm
+        assert resolve(tag) == {'pretrained_cfg': tag}
 
 
 def test_add_pretrained_then_load_the_tag(run_dir, tmp_path):
@@ -169,12 +174,10 @@ def test_add_pretrained_then_load_the_tag(run_dir, tmp_path):
     assert entry['notes'][0].startswith('top-1 ') and 'best-on-test' in entry['notes'][0]
     assert entry['notes'][-1] == 'a note' and entry['label_names'][0] == 'c0'
 
-    cfg = generate_default_cfgs(pretrained_cfgs({'cifar_resnet32': {}}, tags=tags, pretrained_dir=tmp_path))
-    model_args = tag_model_args('cifar_resnet32', 'zoo_test', tags=tags)
-    assert model_args['use_norm'] is True and tag_model_args('cifar_resnet32', None, tags=tags) == {}
     # what create_model('cifar_resnet32.zoo_test', pretrained=True) does once the tag is in the shipped table
-    model = timm.create_model('cifar_resnet32', pretrained=True,
-                              pretrained_cfg=cfg['cifar_resnet32'].cfgs['zoo_test'].to_dict(), **model_args)
+    kwargs = resolve_zoo_tag('cifar_resnet32', {'pretrained_cfg': 'zoo_test'}, tags=tags, pretrained_dir=tmp_path)
+    assert kwargs['use_norm'] is True
+    model = timm.create_model('cifar_resnet32', pretrained=True, **kwargs)
     expected = _logits(timm.create_model(f'local-dir:{run_dir}', pretrained=True))
     torch.testing.assert_close(_logits(model), expected, rtol=0, atol=0)
 

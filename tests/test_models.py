@@ -1,5 +1,7 @@
 """Model contract tests, after timm's tests/test_models.py, for cifar_resnet* and every fast rsg_* model."""
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -9,6 +11,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from rsg_timm.models import CifarResNet, RSGMixin, RSGOutput, checkpoint_filter_fn
+
+from helpers import REPO_DIR
 
 torch.backends.cudnn.benchmark = False
 DEVICE = torch.device(os.environ.get('TORCH_DEVICE', 'cpu'))
@@ -62,6 +66,19 @@ def test_registration():
     assert timm.models.get_pretrained_cfg('rsg_resnet50').hf_hub_id == 'timm/resnet50.a1_in1k'
     assert timm.models.get_pretrained_cfg('rsg_resnet32').input_size == (3, 32, 32)
     assert timm.models.get_pretrained_cfg_value('rsg_resnext50_32x4d', 'num_classes') == 1000
+
+
+def test_import_loads_only_the_model_code():
+    """``import rsg_timm`` registers the models without the data, metrics or run-reading layers, and reads no file
+    (the zoo table waits for the first tagged request)."""
+    code = ('import sys, rsg_timm; from rsg_timm.models.pretrained import _shipped_tags; '
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in ("pandas", "matplotlib") '
+            'or m.startswith(("rsg_timm.data", "rsg_timm.metrics", "rsg_timm.model_card", "rsg_timm.losses")))); '
+            'print(_shipped_tags.cache_info().misses)')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO_DIR, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split('\n')[:2] == ['[]', '0']
 
 
 def test_cifar_resnet_matches_paper():
