@@ -32,7 +32,7 @@ from rsg_timm.engine import evaluate, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
-from rsg_timm.models import backbone_arch
+from rsg_timm.models import backbone_arch, is_rsg_model
 
 _logger = logging.getLogger('train')
 
@@ -177,7 +177,7 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         args.drw_epoch = late
     if args.drs_epoch is None:
         args.drs_epoch = late
-    is_rsg = backbone_arch(args.model) != timm.models.get_arch_name(args.model)
+    is_rsg = is_rsg_model(args.model)
     if is_rsg and args.rsg_epoch_thresh is None:
         args.rsg_epoch_thresh = max(late - 1, 0)
     given = [f'--{k.replace("_", "-")}' for k in RSG_FLAGS if getattr(args, k) is not None]
@@ -196,7 +196,7 @@ def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> t
         kwargs['use_norm'] = True
     kwargs = {k: v for k, v in dict(kwargs, **args.model_kwargs).items() if v is not None}
     model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
-    if hasattr(model, 'set_class_counts'):
+    if is_rsg_model(model):
         head = model.set_class_counts(class_counts)
         _logger.info(f'RSG head classes {head}; generation after epoch {model.rsg.epoch_thresh}')
     if args.grad_checkpointing:
@@ -326,7 +326,7 @@ def main(argv=None) -> dict:
     if args.distributed:  # RSG trains different parameters in each phase, so some are unused in a step
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == 'cuda' else None,
-            find_unused_parameters=hasattr(model, 'rsg'))
+            find_unused_parameters=is_rsg_model(model))
 
     run = _RunState(model, class_counts, label_names)
     saver, output_dir = None, ''

@@ -14,15 +14,12 @@ import torch
 import torch.nn as nn
 from timm.models import clean_state_dict
 
-from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
-from .models import backbone_arch
+from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
+from .models import backbone_arch, is_rsg_model
 
-__all__ = ['CheckpointError', 'checkpoint_extras', 'load_training_checkpoint', 'fork_training_state', 'create_eval_model',
-           'RSG_KEY_PREFIX']
+__all__ = ['CheckpointError', 'checkpoint_extras', 'load_training_checkpoint', 'fork_training_state', 'create_eval_model']
 
 _logger = logging.getLogger(__name__)
-
-RSG_KEY_PREFIX = 'rsg.'
 
 
 class CheckpointError(RuntimeError):
@@ -117,7 +114,7 @@ def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dic
 
 def _load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str, arch: str) -> None:
     """Load ``state_dict`` strictly, dropping RSG keys when ``model`` has no RSG, with an error naming the mismatch."""
-    if not hasattr(model, 'rsg'):
+    if not is_rsg_model(model):
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(RSG_KEY_PREFIX)}
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))

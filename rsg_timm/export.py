@@ -21,8 +21,8 @@ import torch.nn as nn
 from timm.layers import get_device_dtype
 from timm.models import save_for_hf
 
-from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
-from .models.rsg_model import RSGMixin
+from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
+from .models import is_rsg_model
 
 __all__ = ['strip_rsg', 'save_pretrained', 'load_class_counts']
 
@@ -34,10 +34,10 @@ def strip_rsg(model: nn.Module) -> nn.Module:
 
     Its eval logits equal the RSG model's. Any other model (already a plain backbone) is returned unchanged.
     """
-    if not isinstance(model, RSGMixin):
+    if not is_rsg_model(model):
         return model
     backbone = timm.create_model(model.backbone_name, **model.backbone_kwargs)
-    backbone.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('rsg.')})
+    backbone.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(RSG_KEY_PREFIX)})
     # Keep the data config the model was trained with; the architecture is now the backbone (the tag named the
     # weights the RSG model started from, which these are not).
     cfg = dict(model.pretrained_cfg, architecture=model.backbone_name)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from rsg_timm.models import CifarResNet, RSGMixin, RSGOutput, checkpoint_filter_fn
+from rsg_timm.models import CifarResNet, RSGMixin, RSGOutput, checkpoint_filter_fn, is_rsg_model
 
 from helpers import REPO_DIR
 
@@ -178,6 +178,13 @@ def test_rsg_phase_grads(name):
         assert all(grads[n] is not None for n in expected), epoch
     assert all(grads[n] is None and p.requires_grad
                for n, p in model.rsg.named_parameters() if n.startswith('contrastive'))
+
+
+def test_is_rsg_model_names_and_modules():
+    assert is_rsg_model('rsg_resnet32') and is_rsg_model('rsg_resnet50.a1_in1k')
+    assert not is_rsg_model('cifar_resnet32') and not is_rsg_model('resnet50.a1_in1k')
+    model = _create('rsg_resnet20')
+    assert is_rsg_model(model) and is_rsg_model(torch.compile(model)) and not is_rsg_model(_create('cifar_resnet20'))
 
 
 def test_rsg_feature_shape_and_stage():

@@ -3,9 +3,9 @@
 ``cifar_resnet`` must be imported first: the RSG registry wraps every backbone registered at that point.
 """
 from .cifar_resnet import BasicBlock, CifarResNet, NormedLinear, checkpoint_filter_fn
-from .rsg_model import RSGCifarResNet, RSGMixin, RSGOutput, RSGResNet, backbone_arch
+from .rsg_model import RSGCifarResNet, RSGMixin, RSGOutput, RSGResNet, backbone_arch, is_rsg_model
 
 __all__ = [
     'BasicBlock', 'CifarResNet', 'NormedLinear', 'checkpoint_filter_fn',
-    'RSGCifarResNet', 'RSGMixin', 'RSGOutput', 'RSGResNet', 'backbone_arch',
+    'RSGCifarResNet', 'RSGMixin', 'RSGOutput', 'RSGResNet', 'backbone_arch', 'is_rsg_model',
 ]

@@ -32,6 +32,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrai
     register_model
 from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import ResNet
+from timm.utils import unwrap_model
 
 from ..rsg import RSG
 from .cifar_resnet import CifarResNet, _check_checkpoint_keys, _unwrap_checkpoint, checkpoint_filter_fn
@@ -213,6 +214,14 @@ class RSGMixin:
         if target is None or not self.training:
             return super().forward(x)
         return self._forward_rsg(x, target)
+
+
+def is_rsg_model(model: Union[nn.Module, str]) -> bool:
+    """Whether ``model`` carries RSG: a module (also wrapped by DDP or ``torch.compile``), or a model name such as
+    ``rsg_resnet32`` or ``rsg_resnet50.a1_in1k``. The one answer to the question for the whole package."""
+    if isinstance(model, str):
+        return backbone_arch(model) != timm.models.get_arch_name(model)
+    return isinstance(unwrap_model(model), RSGMixin)
 
 
 class RSGResNet(RSGMixin, ResNet):
