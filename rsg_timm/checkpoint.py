@@ -17,7 +17,8 @@ from timm.models import clean_state_dict
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
 from .models import backbone_arch, is_rsg_model
 
-__all__ = ['CheckpointError', 'checkpoint_extras', 'load_training_checkpoint', 'fork_training_state', 'create_eval_model']
+__all__ = ['CheckpointError', 'checkpoint_extras', 'load_training_checkpoint', 'fork_training_state',
+           'create_eval_model']
 
 _logger = logging.getLogger(__name__)
 
