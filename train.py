@@ -32,7 +32,7 @@ from rsg_timm.engine import evaluate, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
-from rsg_timm.models import backbone_arch
+from rsg_timm.models import backbone_arch, set_cosine_classifier, supports_cosine_classifier
 
 _logger = logging.getLogger('train')
 
@@ -76,6 +76,11 @@ def _build_parser() -> argparse.ArgumentParser:
                        help='torch.compile each backbone stage (opt-in; RSG stays eager, its sample count is data-'
                             'dependent); about a minute of compiling on CPU')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    group.add_argument('--interpolation', default=None, help="resize interpolation (default: the model's)")
+    group.add_argument('--crop-pct', type=float, default=None,
+                       help="eval centre-crop share (default: the model's); 0.875 at 224 px is Resize 256 + crop 224")
+    group.add_argument('--mean', type=float, nargs=3, default=None, help="normalisation mean (default: the model's)")
+    group.add_argument('--std', type=float, nargs=3, default=None, help="normalisation std (default: the model's)")
 
     group = parser.add_argument_group('Long-tail parameters')
     group.add_argument('--imb-type', default='exp', choices=('exp', 'step', 'none'))
@@ -88,13 +93,20 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--drw-epoch', type=int, default=None, help='first re-weighted epoch (default 80%% in)')
     group.add_argument('--drs-epoch', type=int, default=None,
                        help='first re-sampled epoch of --sampler deferred (default 80%% in)')
+    group.add_argument('--drs-shuffle', action='store_true',
+                       help='--sampler deferred: before --drs-epoch, each image once per epoch in a seeded shuffle '
+                            '(the official scripts) instead of instance-balanced draws with replacement')
     group.add_argument('--cb-beta', type=float, default=0.9999, help='effective-number beta')
     group.add_argument('--focal-gamma', type=float, default=None)
     group.add_argument('--ldam-max-m', type=float, default=None)
     group.add_argument('--ldam-s', type=float, default=None)
     group.add_argument('--la-tau', type=float, default=None)
     group.add_argument('--cosine-classifier', action=argparse.BooleanOptionalAction, default=None,
-                       help='normalised classifier (default: with --loss ldam on CIFAR ResNets, as LDAM/RSG do)')
+                       help='cosine classifier (default: with --loss ldam on the CIFAR and timm ResNet families, as '
+                            'LDAM/RSG do)')
+    group.add_argument('--official-init', action='store_true',
+                       help='timm ResNets as the official RSG ImageNet-family code: no zero-init of the last BN of '
+                            'each block, RSG re-initialised by the backbone loop (rsg_init=backbone)')
 
     group = parser.add_argument_group('RSG parameters (rsg_* models; defaults from the model)')
     group.add_argument('--rsg-stage', type=int, default=None)
@@ -189,13 +201,23 @@ def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> t
     kwargs = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
     kwargs.update({k: getattr(args, k) for k in RSG_FLAGS if getattr(args, k) is not None})
     cifar_family = backbone_arch(args.model).startswith('cifar_resnet')
-    cosine = args.cosine_classifier if args.cosine_classifier is not None else (args.loss == 'ldam' and cifar_family)
-    if cosine:
-        if not cifar_family:
-            raise SystemExit(f'--cosine-classifier is available for the CIFAR ResNets, not {args.model}')
+    has_cosine = supports_cosine_classifier(args.model)
+    cosine = args.cosine_classifier if args.cosine_classifier is not None else (args.loss == 'ldam' and has_cosine)
+    if cosine and not has_cosine:
+        raise SystemExit(f'--cosine-classifier is available for the CIFAR and timm ResNet families, not {args.model}')
+    if cosine and cifar_family:
         kwargs['use_norm'] = True
+    if args.official_init:
+        if cifar_family or not has_cosine:
+            raise SystemExit(f'--official-init is for the timm ResNet family (the CIFAR ResNets already follow the '
+                             f'official init), not {args.model}')
+        kwargs['zero_init_last'] = False
+        if backbone_arch(args.model) != timm.models.get_arch_name(args.model):
+            kwargs['rsg_init'] = 'backbone'
     kwargs = {k: v for k, v in dict(kwargs, **args.model_kwargs).items() if v is not None}
     model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    if cosine and not cifar_family:  # timm's entrypoints take no cosine option: swap the built head
+        set_cosine_classifier(model)
     if hasattr(model, 'set_class_counts'):
         head = model.set_class_counts(class_counts)
         _logger.info(f'RSG head classes {head}; generation after epoch {model.rsg.epoch_thresh}')
