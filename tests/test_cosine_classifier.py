@@ -45,6 +45,13 @@ def _trained(name: str, size: int = 64, **kwargs):
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)
+    # BN statistics of this batch, so that eval activations stay finite in a 152-layer net without zero-init
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        model(x)
     return model.eval(), torch.randn(3, 3, size, size)
 
 
@@ -63,6 +70,13 @@ def test_cosine_head_refused_where_no_family_has_one():
     assert isinstance(_train_model(['--model', 'test_convnext', '--loss', 'ldam']).get_classifier(), nn.Linear)
     with pytest.raises(TypeError, match='use_norm=True'):
         set_cosine_classifier(timm.create_model('cifar_resnet20'))
+
+
+def test_cosine_head_starts_with_unit_class_vectors_as_ldam():
+    model = set_cosine_classifier(timm.create_model('test_resnet', num_classes=len(COUNTS)))
+    norms = model.fc.weight.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    assert model.fc.weight.abs().max() <= 1 and model.fc.weight.std() > 0.1  # uniform(-1, 1), then renormalised
 
 
 def test_cosine_logits_and_reset_classifier():
