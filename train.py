@@ -54,6 +54,10 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--dataset', default='demo', help=f'one of: {", ".join(list_lt_datasets())}')
     group.add_argument('--train-split', default='train')
     group.add_argument('--val-split', default='test', help='split evaluated every epoch')
+    group.add_argument('--test-split', default='test', help='split the --select-on val epoch is tested on')
+    group.add_argument('--select-on', default='last', choices=('last', 'val'),
+                       help='exported epoch: the last, or the best on --val-split, then tested on --test-split '
+                            '(the official large-scale protocol)')
     group.add_argument('--dataset-download', action='store_true', help='let torchvision download CIFAR')
 
     group = parser.add_argument_group('Model parameters')
@@ -192,6 +196,9 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
     is_rsg = backbone_arch(args.model) != timm.models.get_arch_name(args.model)
     if is_rsg and args.rsg_epoch_thresh is None:
         args.rsg_epoch_thresh = max(late - 1, 0)
+    if args.select_on == 'val' and args.val_split == args.test_split:
+        raise SystemExit(f'--select-on val picks the epoch on --val-split and tests it on --test-split, but both are '
+                         f'{args.val_split!r}: pass --val-split val (a split apart from the test split)')
     given = [f'--{k.replace("_", "-")}' for k in RSG_FLAGS if getattr(args, k) is not None]
     if given and not is_rsg:
         raise SystemExit(f'{", ".join(given)} need an rsg_* model; --model {args.model} has no RSG')
@@ -399,13 +406,25 @@ def main(argv=None) -> dict:
 
     if saver is None or evaluator is None:
         return eval_metrics
-    # the deployable result: the last epoch's backbone (selecting an epoch on the test split would flatter it)
+    selected = 'last epoch'
+    if args.select_on == 'val':  # the best epoch on the val split, tested on the test split (the official protocol)
+        model.load_state_dict(load_training_checkpoint(os.path.join(output_dir, 'model_best.pth.tar'))['state_dict'])
+        test_set = create_lt_dataset(args.dataset, args.data_dir, split=args.test_split, is_training=False,
+                                     **lt_kwargs)
+        test_loader = create_lt_loader(test_set, batch_size=args.validation_batch_size or args.batch_size,
+                                       is_training=False, **loader_kwargs)
+        eval_metrics, evaluator = evaluate(
+            model, test_loader, device=device, num_classes=len(class_counts), class_counts=class_counts,
+            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress)
+        selected = f'epoch {saver.best_epoch}, best {args.eval_metric} on {args.val_split}, tested on {args.test_split}'
+    # the deployable result: the last (or best-val) epoch's backbone; an epoch selected on the test split would flatter
     save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
                     data_config=data_config)
     evaluator.per_class().to_csv(os.path.join(output_dir, 'per_class.csv'), index=False)
     plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
-    result = dict(eval_metrics, best_metric=saver.best_metric, best_epoch=saver.best_epoch, output_dir=output_dir)
-    _logger.info('final (last epoch): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
+    result = dict(eval_metrics, selected=selected, best_metric=saver.best_metric, best_epoch=saver.best_epoch,
+                  output_dir=output_dir)
+    _logger.info(f'final ({selected}): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
                                                                          'ece'))
                  + f' | best {args.eval_metric} {saver.best_metric:.2f} at epoch {saver.best_epoch}')
     print('--result')

@@ -2,19 +2,22 @@
 scripts (imagenet_lt_train.py, places_train.py, inaturalist_train.py of Jianf-Wang/RSG): loss and margins, head,
 RSG settings, init, optimizer, transforms and the sampler before and after the re-sampling epoch. The learning
 rate of every epoch and the switch epochs are pinned by test_schedule.py."""
+import csv
 import os
 
 import numpy as np
 import pytest
+import timm
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from torchvision import transforms as T
 
 from conftest import REPO_DIR, load_script
-from rsg_timm.data import create_sampler, sampler_kwargs
+from rsg_timm.checkpoint import create_eval_model, load_training_checkpoint
+from rsg_timm.data import create_lt_dataset, create_sampler, sampler_kwargs
 from rsg_timm.data.transforms import build_transform
 from rsg_timm.losses import LDAMLoss, create_loss, create_reweight, loss_kwargs
 from rsg_timm.models import NormedLinear
@@ -162,5 +165,59 @@ def test_official_init_is_refused_for_the_cifar_resnets():
     with pytest.raises(SystemExit, match='official-init is for the timm ResNet family'):
         train._create_model(args, len(COUNTS), COUNTS)
     with pytest.raises(ValueError, match="rsg_init='rsg'"):
-        import timm
         timm.create_model('rsg_resnet32', rsg_init='backbone')
+
+
+def test_configs_select_the_best_val_epoch_and_test_it(recipe):
+    _, args, _, _ = recipe
+    assert (args.val_split, args.select_on, args.test_split, args.eval_metric) == ('val', 'val', 'test', 'top1')
+
+
+def _folder_lt(root, counts, per_eval_class: int = 3):
+    """A tiny ImageFolder tree with train/val/test splits; images are 8x8, coloured by class."""
+    rng = np.random.default_rng(0)
+    for split, sizes in (('train', counts), ('val', [per_eval_class] * len(counts)),
+                         ('test', [per_eval_class] * len(counts))):
+        for c, n in enumerate(sizes):
+            os.makedirs(root / split / f'c{c}', exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(rng.integers(0, 40, (8, 8, 3)) + 50 * c, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / f'c{c}' / f'{i}.png')
+    return str(root)
+
+
+def test_select_on_val_exports_the_best_val_epoch_and_reports_its_test_numbers(tmp_path):
+    data = _folder_lt(tmp_path / 'data', [6, 4, 2])
+    result = train.main([
+        '--dataset', 'folder_lt', '--imb-type', 'none', '--data-dir', data, '--model', 'rsg_test_resnet',
+        '--loss', 'ldam', '--reweight', 'none', '--official-init', '--drs-shuffle', '--sampler', 'deferred',
+        '--interpolation', 'bilinear', '--crop-pct', '0.875', '--val-split', 'val', '--select-on', 'val',
+        '--epochs', '3', '-b', '4', '-j', '0', '--warmup-epochs', '0', '--rsg-epoch-thresh', '0', '--no-progress',
+        '--log-interval', '0', '--output', str(tmp_path / 'runs'), '--experiment', 'run'])
+    run = tmp_path / 'runs' / 'run'
+    assert result['selected'].startswith(f'epoch {result["best_epoch"]}, best top1 on val, tested on test')
+    assert result['best_epoch'] < 2  # this seeded run's best val epoch is not its last, so the export tells them apart
+    best = load_training_checkpoint(str(run / 'model_best.pth.tar'))
+    assert best['epoch'] == result['best_epoch']
+    exported, _, _ = create_eval_model(f'local-dir:{run}')
+    assert isinstance(exported.fc, NormedLinear)
+    best_weights = dict(best['state_dict'], **{'fc.weight': F.normalize(best['state_dict']['fc.weight'], dim=1)})
+    for k, v in exported.state_dict().items():  # the export is the best-val epoch's backbone
+        torch.testing.assert_close(v, best_weights[k], rtol=0, atol=1e-6)
+    cfg = exported.pretrained_cfg
+    assert (cfg['crop_pct'], cfg['interpolation']) == (0.875, 'bilinear')
+    # the reported numbers are that epoch's on the test split (3 images per class; val has 3 too, but other ones)
+    with open(run / 'per_class.csv') as f:
+        assert [int(row['test_count']) for row in csv.DictReader(f)] == [3, 3, 3]
+    model = create_eval_model('rsg_test_resnet', checkpoint_path=str(run / 'model_best.pth.tar'))[0].eval()
+    test_set = create_lt_dataset('folder_lt', data, split='test', is_training=False, imb_type='none')
+    transform = build_transform('folder_lt', False, resolve_data_config({}, model=exported))
+    with torch.no_grad():
+        logits = model(torch.stack([transform(test_set[i][0]) for i in range(len(test_set))]))
+    top1 = 100.0 * (logits.argmax(1) == torch.as_tensor(test_set.targets)).float().mean().item()
+    assert result['top1'] == pytest.approx(top1)
+
+
+def test_select_on_val_needs_a_val_split_apart_from_the_test_split():
+    with pytest.raises(SystemExit, match='--select-on val picks the epoch on --val-split'):
+        train._resolve_defaults(train._parse_args(['--select-on', 'val']))
