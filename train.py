@@ -80,6 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        help='torch.compile each backbone stage (opt-in; RSG stays eager, its sample count is data-'
                             'dependent); about a minute of compiling on CPU')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    group.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
     group.add_argument('--interpolation', default=None, help="resize interpolation (default: the model's)")
     group.add_argument('--crop-pct', type=float, default=None,
                        help="eval centre-crop share (default: the model's); 0.875 at 224 px is Resize 256 + crop 224")

@@ -221,3 +221,79 @@ def test_select_on_val_exports_the_best_val_epoch_and_reports_its_test_numbers(t
 def test_select_on_val_needs_a_val_split_apart_from_the_test_split():
     with pytest.raises(SystemExit, match='--select-on val picks the epoch on --val-split'):
         train._resolve_defaults(train._parse_args(['--select-on', 'val']))
+
+
+# ------------------------------------------------------------------------------------- smoke runs of the configs
+
+SMOKE = {  # config -> dataset, list-file prefix, class count, overrides beyond the shared ones
+    'imagenet_lt_drs_rsg.yaml': ('imagenet_lt', 'ImageNet_LT', 1000, {}),
+    'places_lt_drs_rsg.yaml': ('places_lt', 'Places_LT', 365, {}),
+    # LDAM needs an image in every class: 8142 would make a slow epoch, so this run trains CE (on the same head)
+    'inat2018_drs_rsg.yaml': ('inat2018', 'iNaturalist18', 8142, {'loss': 'ce', 'rsg_n_center': 2}),
+}
+
+
+def _list_lt(root, prefix: str, num_classes: int, every_class: bool) -> str:
+    """List files in the dataset's own format over a few 8x8 images: a long tail over classes 0-4 (plus one image
+    of every other class when ``every_class``), 2 val and 2 test images of classes 0-4."""
+    for c in range(5):
+        os.makedirs(root / 'img', exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 50 * c, dtype=np.uint8)).save(root / 'img' / f'{c}.png')
+    train_lines = [f'img/{c}.png {c}' for c, n in enumerate([12, 8, 5, 3, 2]) for _ in range(n)]
+    if every_class:
+        train_lines += [f'img/{c % 5}.png {c}' for c in range(5, num_classes)]
+    eval_lines = [f'img/{c}.png {c}' for c in range(5) for _ in range(2)]
+    splits = {'train': train_lines, 'val': eval_lines, 'test': eval_lines}
+    for split, lines in splits.items():
+        if split == 'test' and prefix == 'iNaturalist18':
+            continue  # iNaturalist 2018's val list is its test set
+        (root / f'{prefix}_{split}.txt').write_text('\n'.join(lines) + '\n')
+    return str(root)
+
+
+@pytest.mark.slow
+def test_every_large_scale_config_runs_end_to_end(tmp_path):
+    """Each config on a tiny set in its dataset's list format: train.py through both RSG phases and the re-sampling
+    switch, the best-val export, validate.py on it (the same test top-1) and a plain-timm load (the same classes)."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    import yaml
+    validate = load_script('validate.py')
+    exports = {}
+    for config, (dataset, prefix, num_classes, extra) in SMOKE.items():
+        with open(os.path.join(REPO_DIR, 'configs', config)) as f:
+            cfg = yaml.safe_load(f)
+        data = _list_lt(tmp_path / dataset, prefix, num_classes, every_class=cfg['loss'] == 'ldam' and not extra)
+        cfg.update(model='rsg_test_resnet', pretrained=False, img_size=32, epochs=2, drs_epoch=1, rsg_epoch_thresh=0,
+                   decay_milestones=[2], warmup_epochs=0, batch_size=64, workers=0, no_progress=True,
+                   log_interval=0, output=str(tmp_path / 'runs'), experiment=dataset, **extra)
+        (tmp_path / config).write_text(yaml.safe_dump(cfg))
+        start = time.time()
+        result = train.main(['--config', str(tmp_path / config), '--data-dir', data])
+        run = tmp_path / 'runs' / dataset
+        validated = validate.main(['--model', f'local-dir:{run}', '--dataset', dataset, '--data-dir', data,
+                                   '--split', 'test', '-b', '16'])
+        print(f'{config}: {time.time() - start:.1f} s')
+        assert result['selected'].endswith('on val, tested on test')
+        for key in ('top1', 'top5', 'ece'):  # ECE only matches with the cosine logits restored from the export
+            assert validated[key] == pytest.approx(result[key], abs=1e-3), key
+        exports[dataset] = str(run)
+    x = torch.randn(4, 3, 32, 32)
+    expected = {name: create_eval_model(f'local-dir:{run}')[0].eval()(x).argmax(1).tolist()
+                for name, run in exports.items()}
+    script = textwrap.dedent(f'''
+        import sys, timm, torch
+        x = torch.load({str(tmp_path / "x.pt")!r})
+        for name, run in {exports!r}.items():
+            model = timm.create_model('local-dir:' + run, pretrained=True).eval()
+            print(name, model(x).argmax(1).tolist())
+        assert 'rsg_timm' not in sys.modules
+    ''')
+    torch.save(x, tmp_path / 'x.pt')
+    out = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=dict(os.environ, HF_HUB_OFFLINE='1'),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split('\n')[:3] == [f'{name} {expected[name]}' for name in exports]
