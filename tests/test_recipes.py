@@ -124,8 +124,13 @@ def test_train_transform_is_bilinear_random_resized_crop_with_the_official_jitte
     _, args, model, official = recipe
     data_config = resolve_data_config(vars(args), model=model)
     ours = build_transform(args.dataset, is_training=True, data_config=data_config)
+    names = [type(t).__name__ for t in ours.transforms]  # nothing beyond the official steps (no erasing, no AA)
+    assert names == ['RandomResizedCropAndInterpolation', 'RandomHorizontalFlip'] + \
+        ['ColorJitter'] * official['jitter'] + ['MaybeToTensor', 'Normalize']
     crops = [t for t in ours.transforms if 'RandomResizedCrop' in type(t).__name__]
-    assert len(crops) == 1 and crops[0].size == (224, 224) and crops[0].scale == (0.08, 1.0)
+    assert crops[0].size == (224, 224) and crops[0].scale == (0.08, 1.0)
+    np.testing.assert_allclose(crops[0].ratio, (3 / 4, 4 / 3))
+    assert ours.transforms[1].p == 0.5
     assert 'bilinear' in str(crops[0].interpolation).lower()
     jitter = [t for t in ours.transforms if isinstance(t, T.ColorJitter)]
     assert bool(jitter) == official['jitter']
