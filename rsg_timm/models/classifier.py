@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import get_device_dtype
-from timm.models import model_entrypoint
+from timm.models import is_model, model_entrypoint
 from timm.models.resnet import ResNet
 
 from .cifar_resnet import CifarResNet, NormedLinear
@@ -37,6 +37,8 @@ COSINE_CLASSIFIER_KEY = 'cosine_classifier'
 def supports_cosine_classifier(model_name: str) -> bool:
     """Whether ``model_name`` (plain or ``rsg_*``, tag allowed) builds a CIFAR ResNet or a timm ``ResNet``."""
     arch = backbone_arch(model_name)
+    if not is_model(arch):
+        return False  # timm.create_model names the unknown model
     built = inspect.signature(model_entrypoint(arch)).return_annotation
     return isinstance(built, type) and issubclass(built, (ResNet, CifarResNet))
 
