@@ -215,7 +215,7 @@ def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> t
         raise SystemExit(f'--cosine-classifier is available for the CIFAR and timm ResNet families, not {args.model}')
     if cosine and cifar_family:
         kwargs['use_norm'] = True
-    if args.official_init:
+    if getattr(args, 'official_init', False):  # absent from the args of checkpoints older than the flag (--fork)
         if cifar_family or not has_cosine:
             raise SystemExit(f'--official-init is for the timm ResNet family (the CIFAR ResNets already follow the '
                              f'official init), not {args.model}')
