@@ -32,7 +32,7 @@ from rsg_timm.engine import evaluate, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
-from rsg_timm.models import backbone_arch, is_rsg_model
+from rsg_timm.models import backbone_arch, is_rsg_model, set_cosine_classifier, supports_cosine_classifier
 
 _logger = logging.getLogger('train')
 
@@ -54,6 +54,10 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--dataset', default='demo', help=f'one of: {", ".join(list_lt_datasets())}')
     group.add_argument('--train-split', default='train')
     group.add_argument('--val-split', default='test', help='split evaluated every epoch')
+    group.add_argument('--test-split', default='test', help='split the --select-on val epoch is tested on')
+    group.add_argument('--select-on', default='last', choices=('last', 'val'),
+                       help='exported epoch: the last, or the best on --val-split, then tested on --test-split '
+                            '(the official large-scale protocol)')
     group.add_argument('--dataset-download', action='store_true', help='let torchvision download CIFAR')
 
     group = parser.add_argument_group('Model parameters')
@@ -76,6 +80,12 @@ def _build_parser() -> argparse.ArgumentParser:
                        help='torch.compile each backbone stage (opt-in; RSG stays eager, its sample count is data-'
                             'dependent); about a minute of compiling on CPU')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    group.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
+    group.add_argument('--interpolation', default=None, help="resize interpolation (default: the model's)")
+    group.add_argument('--crop-pct', type=float, default=None,
+                       help="eval centre-crop share (default: the model's); 0.875 at 224 px is Resize 256 + crop 224")
+    group.add_argument('--mean', type=float, nargs=3, default=None, help="normalisation mean (default: the model's)")
+    group.add_argument('--std', type=float, nargs=3, default=None, help="normalisation std (default: the model's)")
 
     group = parser.add_argument_group('Long-tail parameters')
     group.add_argument('--imb-type', default='exp', choices=('exp', 'step', 'none'))
@@ -88,13 +98,20 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--drw-epoch', type=int, default=None, help='first re-weighted epoch (default 80%% in)')
     group.add_argument('--drs-epoch', type=int, default=None,
                        help='first re-sampled epoch of --sampler deferred (default 80%% in)')
+    group.add_argument('--drs-shuffle', action='store_true',
+                       help='--sampler deferred: before --drs-epoch, each image once per epoch in a seeded shuffle '
+                            '(the official scripts) instead of instance-balanced draws with replacement')
     group.add_argument('--cb-beta', type=float, default=0.9999, help='effective-number beta')
     group.add_argument('--focal-gamma', type=float, default=None)
     group.add_argument('--ldam-max-m', type=float, default=None)
     group.add_argument('--ldam-s', type=float, default=None)
     group.add_argument('--la-tau', type=float, default=None)
     group.add_argument('--cosine-classifier', action=argparse.BooleanOptionalAction, default=None,
-                       help='normalised classifier (default: with --loss ldam on CIFAR ResNets, as LDAM/RSG do)')
+                       help='cosine classifier (default: with --loss ldam on the CIFAR and timm ResNet families, as '
+                            'LDAM/RSG do)')
+    group.add_argument('--official-init', action='store_true',
+                       help='timm ResNets as the official RSG ImageNet-family code: no zero-init of the last BN of '
+                            'each block, RSG re-initialised by the backbone loop (rsg_init=backbone)')
 
     group = parser.add_argument_group('RSG parameters (rsg_* models; defaults from the model)')
     group.add_argument('--rsg-stage', type=int, default=None)
@@ -180,6 +197,9 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
     is_rsg = is_rsg_model(args.model)
     if is_rsg and args.rsg_epoch_thresh is None:
         args.rsg_epoch_thresh = max(late - 1, 0)
+    if args.select_on == 'val' and args.val_split == args.test_split:
+        raise SystemExit(f'--select-on val picks the epoch on --val-split and tests it on --test-split, but both are '
+                         f'{args.val_split!r}: pass --val-split val (a split apart from the test split)')
     given = [f'--{k.replace("_", "-")}' for k in RSG_FLAGS if getattr(args, k) is not None]
     if given and not is_rsg:
         raise SystemExit(f'{", ".join(given)} need an rsg_* model; --model {args.model} has no RSG')
@@ -189,13 +209,23 @@ def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> t
     kwargs = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
     kwargs.update({k: getattr(args, k) for k in RSG_FLAGS if getattr(args, k) is not None})
     cifar_family = backbone_arch(args.model).startswith('cifar_resnet')
-    cosine = args.cosine_classifier if args.cosine_classifier is not None else (args.loss == 'ldam' and cifar_family)
-    if cosine:
-        if not cifar_family:
-            raise SystemExit(f'--cosine-classifier is available for the CIFAR ResNets, not {args.model}')
+    has_cosine = supports_cosine_classifier(args.model)
+    cosine = args.cosine_classifier if args.cosine_classifier is not None else (args.loss == 'ldam' and has_cosine)
+    if cosine and not has_cosine:
+        raise SystemExit(f'--cosine-classifier is available for the CIFAR and timm ResNet families, not {args.model}')
+    if cosine and cifar_family:
         kwargs['use_norm'] = True
+    if getattr(args, 'official_init', False):  # absent from the args of checkpoints older than the flag (--fork)
+        if cifar_family or not has_cosine:
+            raise SystemExit(f'--official-init is for the timm ResNet family (the CIFAR ResNets already follow the '
+                             f'official init), not {args.model}')
+        kwargs['zero_init_last'] = False
+        if is_rsg_model(args.model):
+            kwargs['rsg_init'] = 'backbone'
     kwargs = {k: v for k, v in dict(kwargs, **args.model_kwargs).items() if v is not None}
     model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    if cosine and not cifar_family:  # timm's entrypoints take no cosine option: swap the built head
+        set_cosine_classifier(model)
     if is_rsg_model(model):
         head = model.set_class_counts(class_counts)
         _logger.info(f'RSG head classes {head}; generation after epoch {model.rsg.epoch_thresh}')
@@ -377,13 +407,25 @@ def main(argv=None) -> dict:
 
     if saver is None or evaluator is None:
         return eval_metrics
-    # the deployable result: the last epoch's backbone (selecting an epoch on the test split would flatter it)
+    selected = 'last epoch'
+    if args.select_on == 'val':  # the best epoch on the val split, tested on the test split (the official protocol)
+        model.load_state_dict(load_training_checkpoint(os.path.join(output_dir, 'model_best.pth.tar'))['state_dict'])
+        test_set = create_lt_dataset(args.dataset, args.data_dir, split=args.test_split, is_training=False,
+                                     **lt_kwargs)
+        test_loader = create_lt_loader(test_set, batch_size=args.validation_batch_size or args.batch_size,
+                                       is_training=False, **loader_kwargs)
+        eval_metrics, evaluator = evaluate(
+            model, test_loader, device=device, num_classes=len(class_counts), class_counts=class_counts,
+            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress)
+        selected = f'epoch {saver.best_epoch}, best {args.eval_metric} on {args.val_split}, tested on {args.test_split}'
+    # the deployable result: the last (or best-val) epoch's backbone; an epoch selected on the test split would flatter
     save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
                     data_config=data_config)
     evaluator.per_class().to_csv(os.path.join(output_dir, 'per_class.csv'), index=False)
     plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
-    result = dict(eval_metrics, best_metric=saver.best_metric, best_epoch=saver.best_epoch, output_dir=output_dir)
-    _logger.info('final (last epoch): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
+    result = dict(eval_metrics, selected=selected, best_metric=saver.best_metric, best_epoch=saver.best_epoch,
+                  output_dir=output_dir)
+    _logger.info(f'final ({selected}): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
                                                                          'ece'))
                  + f' | best {args.eval_metric} {saver.best_metric:.2f} at epoch {saver.best_epoch}')
     print('--result')

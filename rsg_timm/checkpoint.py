@@ -13,9 +13,11 @@ import timm
 import torch
 import torch.nn as nn
 from timm.models import clean_state_dict
+from timm.models.resnet import ResNet
 
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
-from .models import backbone_arch, is_rsg_model
+from .models import COSINE_CLASSIFIER_KEY, backbone_arch, has_cosine_classifier, is_rsg_model, linear_to_cosine, \
+    set_cosine_classifier
 
 __all__ = ['CheckpointError', 'checkpoint_extras', 'load_training_checkpoint', 'fork_training_state',
            'create_eval_model']
@@ -43,6 +45,8 @@ def checkpoint_extras(
                                 or dict(getattr(model, '_model_args', {}), num_classes=model.num_classes)),
         'rng_state': torch.get_rng_state(),
     }
+    if isinstance(model, ResNet) and has_cosine_classifier(model):  # set after creation, so not in the kwargs
+        extras[COSINE_CLASSIFIER_KEY] = True
     return extras
 
 
@@ -153,6 +157,8 @@ def create_eval_model(
     if model_name.startswith(('local-dir:', 'hf-hub:')):
         config = _read_export_config(model_name, cache_dir=kwargs.get('cache_dir'))
         model = timm.create_model(model_name, pretrained=True, **kwargs)
+        if config.get(COSINE_CLASSIFIER_KEY):
+            linear_to_cosine(model)  # the export's linear fc stands for a cosine head: restore its logits
         return model, config.get(CLASS_COUNTS_KEY), config.get(LABEL_NAMES_KEY) or config.get('label_names')
 
     if not checkpoint_path:
@@ -172,5 +178,7 @@ def create_eval_model(
     if num_classes is not None:
         create_kwargs['num_classes'] = num_classes
     model = timm.create_model(model_name, **create_kwargs)
+    if checkpoint.get(COSINE_CLASSIFIER_KEY):
+        set_cosine_classifier(model)
     _load_weights(model, checkpoint['state_dict'], repr(checkpoint_path), model_name)
     return model, checkpoint.get(CLASS_COUNTS_KEY), checkpoint.get(LABEL_NAMES_KEY)

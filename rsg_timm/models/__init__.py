@@ -4,8 +4,12 @@
 """
 from .cifar_resnet import BasicBlock, CifarResNet, NormedLinear, checkpoint_filter_fn
 from .rsg_model import RSGCifarResNet, RSGMixin, RSGOutput, RSGResNet, backbone_arch, is_rsg_model
+from .classifier import COSINE_CLASSIFIER_KEY, cosine_to_linear, has_cosine_classifier, linear_to_cosine, \
+    set_cosine_classifier, supports_cosine_classifier
 
 __all__ = [
     'BasicBlock', 'CifarResNet', 'NormedLinear', 'checkpoint_filter_fn',
     'RSGCifarResNet', 'RSGMixin', 'RSGOutput', 'RSGResNet', 'backbone_arch', 'is_rsg_model',
+    'COSINE_CLASSIFIER_KEY', 'cosine_to_linear', 'has_cosine_classifier', 'linear_to_cosine',
+    'set_cosine_classifier', 'supports_cosine_classifier',
 ]
