@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import load_script
+from helpers import load_script
 from rsg_timm.checkpoint import checkpoint_extras, create_eval_model
 from rsg_timm.export import save_pretrained, strip_rsg
 from rsg_timm.losses import create_loss

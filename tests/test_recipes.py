@@ -15,7 +15,7 @@ from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from torchvision import transforms as T
 
-from conftest import REPO_DIR, load_script
+from helpers import REPO_DIR, load_script
 from rsg_timm.checkpoint import create_eval_model, load_training_checkpoint
 from rsg_timm.data import create_lt_dataset, create_sampler, sampler_kwargs
 from rsg_timm.data.transforms import build_transform
