@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from timm.utils import CheckpointSaver
 
+from rsg_timm import RSG
 from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, find_resume_checkpoint, load_training_checkpoint
 
 from conftest import load_script
@@ -157,3 +158,53 @@ def test_restore_redoes_the_best_record_a_kill_interrupted(tmp_path, monkeypatch
     assert (resumed.best_epoch, resumed.best_metric) == (1, 2.0)
     assert load_training_checkpoint(str(tmp_path / 'model_best.pth.tar'))['epoch'] == 1
     assert os.path.isfile(tmp_path / 'checkpoint-1.pth.tar')
+
+
+# --- 5 and 14. RSG arguments are checked where they are given ----------------------------------------------------
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(n_center=0), 'n_center'),
+    (dict(contrastive_module_dim=0), 'contrastive_module_dim'),
+    (dict(transfer_strength=float('nan')), 'transfer_strength'),
+    (dict(transfer_strength=float('inf')), 'transfer_strength'),
+    (dict(num_classes=0), 'num_classes'),
+    (dict(feature_maps_shape=(8, 0, 4)), r'feature_maps_shape\[1\]'),
+    (dict(epoch_thresh=1.5), 'epoch_thresh'),
+])
+def test_rsg_constructor_rejects_what_would_fail_at_generation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RSG(**dict(dict(feature_maps_shape=(8, 4, 4), num_classes=6), **kwargs))
+
+
+def test_rsg_n_center_zero_fails_when_the_model_is_built(tiny_demo, tmp_path):
+    with pytest.raises(ValueError, match='rsg-n-center'):
+        _run(tiny_demo, tmp_path, '--experiment', 'bad', '--rsg-n-center', '0')
+
+
+@pytest.mark.parametrize('target,match', [
+    (torch.tensor([0, 1, 2, 3], dtype=torch.uint8), 'int64'),
+    (torch.tensor([0., 1., 2., 3.]), 'int64'),
+    (torch.tensor([0, 1, 2, 6]), r'outside \[0, 6\): \[0, 1, 2, 6\]'),
+    (torch.tensor([-1, 1, 2, 3]), 'outside'),
+])
+@pytest.mark.parametrize('epoch', [0, 9], ids=['cesc', 'mv'])
+def test_rsg_forward_names_bad_targets(target, match, epoch):
+    rsg = RSG(feature_maps_shape=(8, 4, 4), num_classes=6, head_class_lists=[0, 1], epoch_thresh=5)
+    with pytest.raises(ValueError, match=match):
+        rsg(feature_maps=torch.randn(4, 8, 4, 4), target=target, epoch=epoch)
+
+
+def test_rsg_refuses_a_boolean_head_mask_and_float_ids():
+    rsg = RSG(feature_maps_shape=(8, 4, 4), num_classes=6)
+    with pytest.raises(ValueError, match='boolean mask'):
+        rsg.set_head_classes(torch.tensor([True, True, False, False, False, False]))
+    with pytest.raises(ValueError, match='boolean mask'):
+        rsg(feature_maps=torch.randn(4, 8, 4, 4), head_class_lists=[True, False], target=torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match='integer class ids'):
+        rsg.set_head_classes(torch.tensor([0.5]))
+
+
+def test_rsg_refuses_targets_on_another_device():
+    rsg = RSG(feature_maps_shape=(8, 4, 4), num_classes=6)
+    with pytest.raises(ValueError, match='one device'):
+        rsg(feature_maps=torch.randn(4, 8, 4, 4), target=torch.tensor([0, 1, 2, 3], device='meta'))
