@@ -1,15 +1,20 @@
 """Fault injection: no run destroys another's results, --resume continues the run it names, and bad input fails
 at once with a message that names the file and the fix (issue 15)."""
 import csv
+import json
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 from timm.utils import CheckpointSaver
 
 from rsg_timm import RSG
-from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, find_resume_checkpoint, load_training_checkpoint
+from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, find_resume_checkpoint, \
+    load_training_checkpoint
+from rsg_timm.data import create_lt_dataset
 
 from conftest import load_script
 
@@ -208,3 +213,89 @@ def test_rsg_refuses_targets_on_another_device():
     rsg = RSG(feature_maps_shape=(8, 4, 4), num_classes=6)
     with pytest.raises(ValueError, match='one device'):
         rsg(feature_maps=torch.randn(4, 8, 4, 4), target=torch.tensor([0, 1, 2, 3], device='meta'))
+
+
+# --- 6. CIFAR-style npz files are checked when they are read ------------------------------------------------------
+
+def _write_cifar_npz(folder, split, images=None, labels=None, **arrays):
+    labels = np.arange(20) % 10 if labels is None else labels
+    images = np.zeros((len(labels), 32, 32, 3), np.uint8) if images is None else images
+    np.savez(folder / f'cifar10_{split}.npz', images=images, labels=labels, **arrays)
+
+
+@pytest.mark.parametrize('split,images,labels,match', [
+    ('train', None, np.array([0, 1, 10, 3]), r'1 labels outside \[0, 10\) \(first: 10 at index 2\)'),
+    ('test', None, np.array([0, -1, 2, 3]), r'labels outside \[0, 10\)'),
+    ('train', np.zeros((3, 32, 32, 3), np.uint8), np.arange(4), '3 images but labels of shape'),
+    ('train', np.zeros((4, 32, 32, 1), np.uint8), np.arange(4), r'uint8 \[N, 32, 32, 3\]'),
+    ('test', np.zeros((4, 28, 28, 3), np.uint8), np.arange(4), r'got uint8 \[4, 28, 28, 3\]'),
+    ('train', None, np.array([0., 1.5, 2., 3.]), 'integers'),
+])
+def test_cifar_npz_is_checked_at_load_time(split, images, labels, match, tmp_path):
+    _write_cifar_npz(tmp_path, split, images, labels)
+    with pytest.raises(ValueError, match=f'cifar10_{split}.npz: .*{match}'):
+        create_lt_dataset('cifar10_lt', str(tmp_path), split=split)
+
+
+def test_cifar_npz_needs_only_images_and_labels(tmp_path):
+    _write_cifar_npz(tmp_path, 'test')  # no classes array, as the README describes the layout
+    assert create_lt_dataset('cifar10_lt', str(tmp_path), split='test').classes == [str(i) for i in range(10)]
+    np.savez(tmp_path / 'cifar10_train.npz', images=np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"cifar10_train.npz: no \['labels'\] array \(it holds \['images'\]\)"):
+        create_lt_dataset('cifar10_lt', str(tmp_path), split='train')
+
+
+# --- 7. a user's folder is used as it is unless a profile is asked for ---------------------------------------------
+
+def test_folder_lt_trains_on_the_folder_as_it_is(tmp_path):
+    counts = [5, 4, 3, 2]
+    for split, per_class in (('train', counts), ('val', [2] * 4)):
+        for c, n in enumerate(per_class):
+            os.makedirs(tmp_path / 'data' / split / f'class{c}')
+            for i in range(n):
+                Image.fromarray(np.full((32, 32, 3), 40 * c, np.uint8)).save(tmp_path / 'data' / split / f'class{c}'
+                                                                              / f'{i}.png')
+    result = train_script.main(['--dataset', 'folder_lt', '--data-dir', str(tmp_path / 'data'), '--output',
+                                str(tmp_path / 'runs'), '--model', 'cifar_resnet20', '--loss', 'ce', '--reweight',
+                                'none', '--epochs', '1', '-b', '8', '-j', '0', *QUIET])
+    assert load_training_checkpoint(os.path.join(result['output_dir'], 'last.pth.tar'))['class_counts'] == counts
+    with open(os.path.join(result['output_dir'], 'args.yaml')) as f:
+        assert 'imb_type: none' in f.read()
+
+
+# --- 9 and 11. unreadable checkpoints and exports are named, a pickle with code is refused plainly -----------------
+
+class _RunsCode:
+    def __reduce__(self):
+        return os.system, ('echo never',)
+
+
+def test_an_empty_or_malicious_checkpoint_is_named(tmp_path):
+    (tmp_path / 'empty.pth.tar').write_bytes(b'')
+    with pytest.raises(CheckpointError, match='empty.pth.tar.*empty \\(0 bytes\\)'):
+        load_training_checkpoint(str(tmp_path / 'empty.pth.tar'))
+    torch.save({'state_dict': _RunsCode()}, tmp_path / 'evil.pth.tar')
+    with pytest.raises(CheckpointError, match='evil.pth.tar.*was NOT loaded.*run code') as info:
+        load_training_checkpoint(str(tmp_path / 'evil.pth.tar'))
+    assert 'weights_only' not in str(info.value)  # torch's advice to switch the check off is not repeated
+
+
+def test_a_broken_export_names_its_file(finished_run, tmp_path):
+    export = tmp_path / 'export'
+    os.makedirs(export)
+    for name in ('model.safetensors', 'config.json'):
+        with open(os.path.join(finished_run, name), 'rb') as src:
+            (export / name).write_bytes(src.read())
+    config = (export / 'config.json').read_text()
+    (export / 'config.json').write_text(config[:len(config) // 2])
+    with pytest.raises(CheckpointError, match='config.json.* is not valid JSON'):
+        create_eval_model(f'local-dir:{export}')
+    other = json.loads(config)
+    other['architecture'] = 'resnet18'
+    (export / 'config.json').write_text(json.dumps(other))
+    with pytest.raises(CheckpointError, match='does not fit resnet18|as the resnet18'):
+        create_eval_model(f'local-dir:{export}')
+    (export / 'config.json').write_text(config)
+    (export / 'model.safetensors').write_bytes(b'garbage' * 10)
+    with pytest.raises(CheckpointError, match='model.safetensors does not load'):
+        create_eval_model(f'local-dir:{export}')
