@@ -11,7 +11,7 @@ import torch.nn as nn
 from PIL import Image
 from timm.utils import CheckpointSaver
 
-from rsg_timm import RSG
+from rsg_timm import RSG, hub
 from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, find_resume_checkpoint, \
     load_training_checkpoint
 from rsg_timm.data import create_lt_dataset
@@ -299,3 +299,40 @@ def test_a_broken_export_names_its_file(finished_run, tmp_path):
     (export / 'model.safetensors').write_bytes(b'garbage' * 10)
     with pytest.raises(CheckpointError, match='model.safetensors does not load'):
         create_eval_model(f'local-dir:{export}')
+
+
+# --- 2 and 12. the Hub tools refuse up front what would overwrite files or fail later ----------------------------
+
+def test_dry_run_refuses_a_folder_with_files_and_lists_what_a_push_uploads(finished_run, tmp_path, caplog):
+    other = tmp_path / 'other_run'
+    os.makedirs(other)
+    (other / 'args.yaml').write_text('keep: me\n')
+    with pytest.raises(ValueError, match='not empty'):
+        hub.push_to_hub(finished_run, 'me/model', dry_run_dir=other)
+    assert (other / 'args.yaml').read_text() == 'keep: me\n' and os.listdir(other) == ['args.yaml']
+    with caplog.at_level('INFO', logger='rsg_timm.hub'):
+        out = hub.push_to_hub(finished_run, 'me/model', dry_run_dir=tmp_path / 'staged')
+    for name in os.listdir(out):
+        assert f'{name} (' in caplog.text
+
+
+@pytest.mark.parametrize('repo_id', ['me/bad name', 'me/a..b', 'me/-x', 'me/' + 'x' * 100])
+def test_dry_run_refuses_repo_ids_the_hub_rejects(repo_id, finished_run, tmp_path):
+    with pytest.raises(ValueError):
+        hub.push_to_hub(finished_run, repo_id, dry_run_dir=tmp_path / 'staged')
+    assert not os.path.exists(tmp_path / 'staged')
+
+
+def test_add_pretrained_refuses_a_pickle_named_safetensors_and_a_bad_hub_id(finished_run, tmp_path, monkeypatch):
+    added = []
+    monkeypatch.setattr(hub, 'add_pretrained', lambda *args, **kwargs: added.append(args) or ('x', {}))
+    export = tmp_path / 'export'
+    os.makedirs(export)
+    with open(os.path.join(finished_run, 'config.json'), 'rb') as f:
+        (export / 'config.json').write_bytes(f.read())
+    torch.save({'weight': torch.zeros(2)}, export / 'model.safetensors')
+    with pytest.raises(ValueError, match='model.safetensors is not a safetensors file'):
+        hub.main(['add-pretrained', str(export), '--tag', 'test_tag'])
+    with pytest.raises(ValueError):
+        hub.main(['add-pretrained', finished_run, '--tag', 'test_tag', '--hf-hub-id', 'me/a..b'])
+    assert not added
