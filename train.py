@@ -56,6 +56,8 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--train-split', default='train')
     group.add_argument('--val-split', default='test', help='split evaluated every epoch')
     group.add_argument('--dataset-download', action='store_true', help='let torchvision download CIFAR')
+    group.add_argument('--check-data', action='store_true',
+                       help='read every image file before training (image-file datasets; slow on large sets)')
 
     group = parser.add_argument_group('Model parameters')
     group.add_argument('--model', default='rsg_resnet32', help='any timm model; rsg_<arch> adds RSG to <arch>')
@@ -364,6 +366,10 @@ def main(argv=None) -> dict:
                      download=args.dataset_download)
     train_set = create_lt_dataset(args.dataset, args.data_dir, split=args.train_split, is_training=True, **lt_kwargs)
     eval_set = create_lt_dataset(args.dataset, args.data_dir, split=args.val_split, is_training=False, **lt_kwargs)
+    if args.check_data:
+        for dataset in (train_set, eval_set):
+            if hasattr(dataset, 'check_images'):  # in-memory arrays were checked when they were read
+                dataset.check_images()
     class_counts, label_names = list(train_set.class_counts), list(train_set.classes)
     if args.num_classes is not None and args.num_classes != len(class_counts):
         raise SystemExit(f'--num-classes {args.num_classes} but {args.dataset} has {len(class_counts)} classes')

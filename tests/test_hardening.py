@@ -247,18 +247,21 @@ def test_cifar_npz_needs_only_images_and_labels(tmp_path):
 
 # --- 7. a user's folder is used as it is unless a profile is asked for ---------------------------------------------
 
-def test_folder_lt_trains_on_the_folder_as_it_is(tmp_path):
-    counts = [5, 4, 3, 2]
-    for split, per_class in (('train', counts), ('val', [2] * 4)):
+def _train_on_folder(tmp_path, counts, *extra):
+    for split, per_class in (('train', counts), ('val', [2] * len(counts))):
         for c, n in enumerate(per_class):
-            os.makedirs(tmp_path / 'data' / split / f'class{c}')
+            os.makedirs(tmp_path / 'data' / split / f'class{c}', exist_ok=True)
             for i in range(n):
                 Image.fromarray(np.full((32, 32, 3), 40 * c, np.uint8)).save(tmp_path / 'data' / split / f'class{c}'
                                                                               / f'{i}.png')
-    result = train_script.main(['--dataset', 'folder_lt', '--data-dir', str(tmp_path / 'data'), '--output',
-                                str(tmp_path / 'runs'), '--model', 'cifar_resnet20', '--loss', 'ce', '--reweight',
-                                'none', '--epochs', '1', '-b', '8', '-j', '0', *QUIET])
-    assert load_training_checkpoint(os.path.join(result['output_dir'], 'last.pth.tar'))['class_counts'] == counts
+    return train_script.main(['--dataset', 'folder_lt', '--data-dir', str(tmp_path / 'data'), '--output',
+                              str(tmp_path / 'runs'), '--model', 'cifar_resnet20', '--loss', 'ce', '--reweight',
+                              'none', '--epochs', '1', '-b', '8', '-j', '0', *QUIET, *extra])
+
+
+def test_folder_lt_trains_on_the_folder_as_it_is(tmp_path):
+    result = _train_on_folder(tmp_path, [5, 4, 3, 2], '--check-data')
+    assert load_training_checkpoint(os.path.join(result['output_dir'], 'last.pth.tar'))['class_counts'] == [5, 4, 3, 2]
     with open(os.path.join(result['output_dir'], 'args.yaml')) as f:
         assert 'imb_type: none' in f.read()
 
@@ -336,3 +339,41 @@ def test_add_pretrained_refuses_a_pickle_named_safetensors_and_a_bad_hub_id(fini
     with pytest.raises(ValueError):
         hub.main(['add-pretrained', finished_run, '--tag', 'test_tag', '--hf-hub-id', 'me/a..b'])
     assert not added
+
+
+# --- 8. image files: missing or empty ones fail when the dataset is built, unreadable ones name themselves --------
+
+def _image_list_root(tmp_path):
+    os.makedirs(tmp_path / 'img')
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 50 * i, np.uint8)).save(tmp_path / 'img' / f'{i}.png')
+    (tmp_path / 'ImageNet_LT_train.txt').write_text(''.join(f'img/{i}.png {i % 2}\n' for i in range(4)))
+    return tmp_path
+
+
+def test_a_missing_or_empty_list_image_fails_when_the_dataset_is_built(tmp_path):
+    root = _image_list_root(tmp_path)
+    os.remove(root / 'img' / '1.png')
+    (root / 'img' / '2.png').write_bytes(b'')
+    with pytest.raises(FileNotFoundError, match=r"ImageNet_LT_train.txt: 1 image files are missing and 1 are empty "
+                                                r"\(first missing '.*img/1.png', empty '.*img/2.png'\)"):
+        create_lt_dataset('imagenet_lt', str(root), split='train')
+
+
+def test_a_truncated_image_names_its_file(tmp_path):
+    root = _image_list_root(tmp_path)
+    data = (root / 'img' / '3.png').read_bytes()
+    (root / 'img' / '3.png').write_bytes(data[:len(data) // 2])
+    dataset = create_lt_dataset('imagenet_lt', str(root), split='train')
+    with pytest.raises(ValueError, match=r'img/3.png: cannot read the image'):
+        dataset[3]
+    with pytest.raises(ValueError, match=r'1 of 4 images cannot be read: .*img/3.png'):
+        dataset.check_images()
+
+
+def test_check_data_reads_every_image_before_training(tmp_path):
+    _train_on_folder(tmp_path, [3, 2])
+    bad = tmp_path / 'data' / 'val' / 'class1' / '1.png'
+    bad.write_bytes(bad.read_bytes()[:60])
+    with pytest.raises(ValueError, match='1 of 4 images cannot be read: .*val/class1/1.png'):
+        _train_on_folder(tmp_path, [], '--check-data')
