@@ -172,7 +172,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 # Flags that say where and how this process runs, not what the run is: --resume never takes them from the checkpoint.
 _NOT_RESTORED = {'config', 'resume', 'no_resume_opt', 'output', 'experiment', 'device', 'workers', 'log_interval',
-                 'no_progress'}
+                 'no_progress', 'check_data', 'dataset_download'}
 
 
 def _given_names(argv=None) -> set:
