@@ -25,7 +25,8 @@ from timm.utils import (ParseKwargs, distribute_bn, get_state_dict, init_distrib
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.cli import run_cli
-from rsg_timm.checkpoint import RunCheckpointSaver, checkpoint_extras, find_resume_checkpoint, load_training_checkpoint
+from rsg_timm.checkpoint import RunCheckpointSaver, checkpoint_extras, find_resume_checkpoint, \
+    fork_training_state, load_training_checkpoint
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
     list_lt_datasets, list_samplers, sampler_kwargs
 from rsg_timm.data.constants import CLASS_COUNTS_KEY
@@ -67,6 +68,10 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="continue a run in its own folder: the folder or a checkpoint in it; the run's flags are "
                             "restored from the checkpoint (flags given explicitly win and are logged)")
     group.add_argument('--no-resume-opt', action='store_true', help='do not restore the optimizer state')
+    group.add_argument('--fork', default='', metavar='CHECKPOINT',
+                       help="start a new run from another run's training checkpoint: its epoch, RNG state, and the "
+                            'weights and optimizer state of the tensors both models share (e.g. a plain --model '
+                            "branched off an rsg_* run before RSG's generation phase)")
     group.add_argument('--drop', type=float, default=None, help='dropout before the classifier')
     group.add_argument('--drop-path', type=float, default=None, help='stochastic depth (timm ResNets)')
     group.add_argument('-b', '--batch-size', type=int, default=128, help='per process')
@@ -171,8 +176,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 
 # Flags that say where and how this process runs, not what the run is: --resume never takes them from the checkpoint.
-_NOT_RESTORED = {'config', 'resume', 'no_resume_opt', 'output', 'experiment', 'device', 'workers', 'log_interval',
-                 'no_progress', 'check_data', 'dataset_download'}
+_NOT_RESTORED = {'config', 'resume', 'no_resume_opt', 'fork', 'output', 'experiment', 'device', 'workers',
+                 'log_interval', 'no_progress', 'check_data', 'dataset_download'}
 
 
 def _given_names(argv=None) -> set:
@@ -221,7 +226,7 @@ def _run_dir(args: argparse.Namespace) -> str:
         named = os.path.join(root, args.experiment or os.path.basename(run_dir))
         if (args.output or args.experiment) and os.path.realpath(named) != os.path.realpath(run_dir):
             raise ValueError(f'--resume continues the run in its own folder {run_dir}, but --output/--experiment '
-                             f'name {named}: drop them (to start a new run from a checkpoint, copy its folder first)')
+                             f'name {named}: drop them (--fork starts a new run from a checkpoint)')
         return run_dir
     if args.experiment:
         run_dir = os.path.join(root, args.experiment)
@@ -345,9 +350,35 @@ def _resume(checkpoint: dict, path: str, model, optimizer, loss_scaler, class_co
     return int(checkpoint['epoch']) + 1
 
 
+def _fork(path: str, model, optimizer, class_counts) -> int:
+    """Branch this run off the run that wrote ``path``; returns the epoch to start from."""
+    checkpoint = load_training_checkpoint(path)
+    source_args = checkpoint.get('args')
+    if source_args is None or 'optimizer' not in checkpoint:
+        raise SystemExit(f'--fork {path}: not a train.py checkpoint (no args or optimizer state); fork from a run\'s '
+                         f'last.pth.tar or checkpoint-<epoch>.pth.tar')
+    if checkpoint.get(CLASS_COUNTS_KEY) not in (None, list(class_counts)):
+        raise SystemExit(f'--fork {path}: trained on class counts {checkpoint[CLASS_COUNTS_KEY]}, not {class_counts}: '
+                         f'fork with the same dataset flags')
+    source_args = argparse.Namespace(**dict(vars(source_args), pretrained=False, torchcompile=None,
+                                            grad_checkpointing=False))
+    source = _create_model(source_args, len(class_counts), class_counts)
+    source.load_state_dict(checkpoint['state_dict'])
+    source_optimizer = create_optimizer_v2(source, **optimizer_kwargs(cfg=source_args),
+                                           filter_bias_and_bn=not source_args.decay_all_params)
+    source_optimizer.load_state_dict(checkpoint['optimizer'])
+    dropped = fork_training_state(source, source_optimizer, unwrap_model(model), optimizer, source_name=path)
+    torch.set_rng_state(checkpoint['rng_state'])
+    _logger.info(f'Forked from {path} ({source_args.model}, epoch {checkpoint["epoch"]}); dropped {len(dropped)} '
+                 f'tensors the new model lacks: {", ".join(dropped[:4])}{", ..." if len(dropped) > 4 else ""}')
+    return int(checkpoint['epoch']) + 1
+
+
 def main(argv=None) -> dict:
     setup_default_logging()
     args = _parse_args(argv)
+    if args.resume and args.fork:
+        raise SystemExit('--resume continues a run in its own folder, --fork starts a new one: pass one of them')
     checkpoint = _load_resume(args, argv) if args.resume else None
     if args.imb_type is None:
         args.imb_type = default_imb_type(args.dataset)
@@ -398,6 +429,9 @@ def main(argv=None) -> dict:
     if args.resume:
         start_epoch = _resume(checkpoint, args.resume, model, optimizer, loss_scaler, class_counts,
                               not args.no_resume_opt)
+    elif args.fork:
+        start_epoch = _fork(args.fork, model, optimizer, class_counts)
+    if start_epoch:
         lr_scheduler.step(start_epoch)
     train_model = model
     if args.distributed:  # RSG trains different parameters in each phase, so some are unused in a step

@@ -377,3 +377,13 @@ def test_check_data_reads_every_image_before_training(tmp_path):
     bad.write_bytes(bad.read_bytes()[:60])
     with pytest.raises(ValueError, match='1 of 4 images cannot be read: .*val/class1/1.png'):
         _train_on_folder(tmp_path, [], '--check-data')
+
+
+def test_resume_takes_the_recipe_but_not_how_the_run_was_started_or_run():
+    args = train_script._parse_args(['--resume', 'RUN', '--lr', '0.3'])
+    saved = train_script._parse_args(['--lr', '0.05', '--epochs', '4', '--fork', 'OTHER/last.pth.tar', '--device',
+                                      'cuda:3', '--output', 'elsewhere', '-j', '8'])
+    train_script._restore_recipe(args, saved, train_script._given_names(['--resume', 'RUN', '--lr', '0.3']), 'RUN')
+    assert (args.epochs, args.lr) == (4, 0.3)  # the run's recipe, except what is given now
+    assert (args.fork, args.output, args.workers, args.resume) == ('', '', 2, 'RUN')
+    assert args.device != 'cuda:3'
