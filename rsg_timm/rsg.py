@@ -61,9 +61,9 @@ def _mean_of_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     return F.linear(window_sums.flatten(1), taps, bias * (H * W)) / (H * W)
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f'RSG: {name} must be a positive integer, got {value!r}')
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f'RSG: {name} must be an integer >= {minimum}, got {value!r}')
     return int(value)
 
 
@@ -123,12 +123,12 @@ class RSG(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         if len(feature_maps_shape) != 3:
             raise ValueError(f'feature_maps_shape must be [C, H, W], got {list(feature_maps_shape)}')
-        self.C, self.H, self.W = (_check_positive_int(f'feature_maps_shape[{i}]', v)
-                                  for i, v in enumerate(feature_maps_shape))
-        self.num_classes = _check_positive_int('num_classes', num_classes)
-        self.n_center = _check_positive_int('n_center (--rsg-n-center)', n_center)
-        self.contrastive_module_dim = _check_positive_int('contrastive_module_dim (--rsg-contrastive-dim)',
-                                                          contrastive_module_dim)
+        self.C, self.H, self.W = (_check_int(f'feature_maps_shape[{i}]', v) for i, v in enumerate(feature_maps_shape))
+        # 0 classes: timm's reset_classifier(0) (a feature extractor), which the rsg_* wrapper never trains
+        self.num_classes = _check_int('num_classes', num_classes, minimum=0)
+        self.n_center = _check_int('n_center (--rsg-n-center)', n_center)
+        self.contrastive_module_dim = _check_int('contrastive_module_dim (--rsg-contrastive-dim)',
+                                                 contrastive_module_dim)
         if isinstance(transfer_strength, bool) or not isinstance(transfer_strength, numbers.Real) \
                 or not math.isfinite(transfer_strength) or transfer_strength <= 0:
             raise ValueError(f'RSG: transfer_strength (--rsg-strength) must be a finite number > 0, '

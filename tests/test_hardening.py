@@ -172,7 +172,7 @@ def test_restore_redoes_the_best_record_a_kill_interrupted(tmp_path, monkeypatch
     (dict(contrastive_module_dim=0), 'contrastive_module_dim'),
     (dict(transfer_strength=float('nan')), 'transfer_strength'),
     (dict(transfer_strength=float('inf')), 'transfer_strength'),
-    (dict(num_classes=0), 'num_classes'),
+    (dict(num_classes=-1), 'num_classes'),
     (dict(feature_maps_shape=(8, 0, 4)), r'feature_maps_shape\[1\]'),
     (dict(epoch_thresh=1.5), 'epoch_thresh'),
 ])
