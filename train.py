@@ -7,6 +7,7 @@ concept; YAML from ``--config`` sets defaults, explicit flags win, and the resol
 Pass a plain backbone (``--model cifar_resnet32``) to train the same network without RSG.
 """
 import argparse
+import csv
 import json
 import logging
 import os
@@ -19,15 +20,16 @@ import yaml
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import (CheckpointSaver, ParseKwargs, distribute_bn, get_state_dict, init_distributed_device,
-                        is_primary, random_seed, setup_default_logging, unwrap_model, update_summary)
+from timm.utils import (ParseKwargs, distribute_bn, get_state_dict, init_distributed_device, is_primary, random_seed,
+                        setup_default_logging, unwrap_model, update_summary)
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.cli import run_cli
-from rsg_timm.checkpoint import checkpoint_extras, fork_training_state, load_training_checkpoint
-from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, list_lt_datasets, \
-    list_samplers, sampler_kwargs
+from rsg_timm.checkpoint import RunCheckpointSaver, checkpoint_extras, find_resume_checkpoint, \
+    fork_training_state, load_training_checkpoint
 from rsg_timm.constants import CLASS_COUNTS_KEY
+from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
+    list_lt_datasets, list_samplers, sampler_kwargs
 from rsg_timm.engine import evaluate, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
@@ -59,12 +61,16 @@ def _build_parser() -> argparse.ArgumentParser:
                        help='exported epoch: the last, or the best on --val-split, then tested on --test-split '
                             '(the official large-scale protocol)')
     group.add_argument('--dataset-download', action='store_true', help='let torchvision download CIFAR')
+    group.add_argument('--check-data', action='store_true',
+                       help='read every image file before training (image-file datasets; slow on large sets)')
 
     group = parser.add_argument_group('Model parameters')
     group.add_argument('--model', default='rsg_resnet32', help='any timm model; rsg_<arch> adds RSG to <arch>')
     group.add_argument('--pretrained', action='store_true', help="start from the backbone's timm weights")
     group.add_argument('--num-classes', type=int, default=None, help="default: the dataset's class count")
-    group.add_argument('--resume', default='', help='continue a run from its last.pth.tar')
+    group.add_argument('--resume', default='', metavar='RUN',
+                       help="continue a run in its own folder: the folder or a checkpoint in it; the run's flags are "
+                            "restored from the checkpoint (flags given explicitly win and are logged)")
     group.add_argument('--no-resume-opt', action='store_true', help='do not restore the optimizer state')
     group.add_argument('--fork', default='', metavar='CHECKPOINT',
                        help="start a new run from another run's training checkpoint: its epoch, RNG state, and the "
@@ -88,7 +94,8 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--std', type=float, nargs=3, default=None, help="normalisation std (default: the model's)")
 
     group = parser.add_argument_group('Long-tail parameters')
-    group.add_argument('--imb-type', default='exp', choices=('exp', 'step', 'none'))
+    group.add_argument('--imb-type', default=None, choices=('exp', 'step', 'none'),
+                       help='training class profile (default: exp for CIFAR-LT, none, the data as it is, otherwise)')
     group.add_argument('--imb-factor', type=float, default=0.01, help='n_min / n_max, 0.01 is rho = 100')
     group.add_argument('--imb-select', default='first', choices=('first', 'shuffle'),
                        help="first: the RSG paper's CIFAR-LT subset; shuffle: LDAM-DRW's seeded subset")
@@ -159,7 +166,8 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--checkpoint-hist', type=int, default=3)
     group.add_argument('-j', '--workers', type=int, default=2, help='loader workers for file-based datasets')
     group.add_argument('--output', default='', help='runs go to OUTPUT/<experiment> (default ./output/train)')
-    group.add_argument('--experiment', default='', help='run folder name (default: <time>-<model>-<dataset>)')
+    group.add_argument('--experiment', default='',
+                       help='run folder name, which must be new (default: <time>-<model>-<dataset>[-<n>], unique)')
     group.add_argument('--eval-metric', default='top1')
     group.add_argument('--no-progress', action='store_true', help='log lines instead of a progress bar')
     return parser
@@ -182,6 +190,101 @@ def _parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(remaining)
     args.config = args_config.config
     return args
+
+
+# Flags that say where and how this process runs, not what the run is: --resume never takes them from the checkpoint.
+_NOT_RESTORED = {'config', 'resume', 'no_resume_opt', 'fork', 'output', 'experiment', 'device', 'workers',
+                 'log_interval', 'no_progress', 'check_data', 'dataset_download'}
+
+
+def _given_names(argv=None) -> set:
+    """Argument names set on the command line or by ``--config``: what a resumed run's stored flags must not undo."""
+    args_config, remaining = config_parser.parse_known_args(argv)
+    parser = _build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_known_args(remaining)[0]))
+    if args_config.config:
+        with open(args_config.config) as f:
+            given |= set(yaml.safe_load(f) or {})
+    return given
+
+
+def _restore_recipe(args: argparse.Namespace, saved: argparse.Namespace, given: set, path: str) -> None:
+    """Put the resumed run's resolved flags back into ``args``, except those given now, and log what differs."""
+    names = _arg_names(_build_parser()) - _NOT_RESTORED
+    stored = {k: v for k, v in vars(saved).items() if k in names}
+    overridden = []
+    for name, value in stored.items():
+        if name not in given:
+            setattr(args, name, value)
+        elif getattr(args, name) != value:
+            overridden.append(f'--{name.replace("_", "-")} {getattr(args, name)} (the run had {value})')
+    _logger.info(f'Restored the run\'s flags from {path}' + (f'; overridden: {", ".join(overridden)}' if overridden
+                                                              else ''))
+
+
+def _load_resume(args: argparse.Namespace, argv) -> dict:
+    """Find and read the ``--resume`` checkpoint, and restore the run's flags into ``args``."""
+    args.resume = find_resume_checkpoint(args.resume)
+    checkpoint = load_training_checkpoint(args.resume)
+    if isinstance(checkpoint.get('args'), argparse.Namespace):
+        _restore_recipe(args, checkpoint['args'], _given_names(argv), args.resume)
+    else:
+        _logger.warning(f'{args.resume} stores no flags: the run continues with the flags given now')
+    return checkpoint
+
+
+def _run_dir(args: argparse.Namespace) -> str:
+    """The run folder; refuses, before any work, a named folder that exists and is not the one being resumed."""
+    root = args.output or os.path.join('output', 'train')
+    if args.resume:
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        named = os.path.join(root, args.experiment or os.path.basename(run_dir))
+        if (args.output or args.experiment) and os.path.realpath(named) != os.path.realpath(run_dir):
+            raise ValueError(f'--resume continues the run in its own folder {run_dir}, but --output/--experiment '
+                             f'name {named}: drop them (--fork starts a new run from a checkpoint)')
+        return run_dir
+    if args.experiment:
+        run_dir = os.path.join(root, args.experiment)
+        if os.path.exists(run_dir):
+            raise ValueError(f'run folder {run_dir} already exists and holds another run\'s results: choose another '
+                             f'--experiment, or continue that run with --resume {run_dir}')
+        return run_dir
+    name = f'{time.strftime("%Y%m%d-%H%M%S")}-{args.model}-{args.dataset}'.replace('/', '_').replace(':', '_')
+    return os.path.join(root, name)
+
+
+def _create_run_dir(run_dir: str, args: argparse.Namespace) -> str:
+    """Create the run folder atomically, so that no two runs share it; a default name gets a free ``-<n>`` suffix."""
+    if args.resume:
+        return run_dir
+    os.makedirs(os.path.dirname(run_dir) or '.', exist_ok=True)
+    for n in range(1000):
+        candidate = run_dir if n == 0 else f'{run_dir}-{n}'
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            if args.experiment:  # created by another run since _run_dir checked it
+                raise ValueError(f'run folder {run_dir} was just created by another run: choose another '
+                                 f'--experiment') from None
+    raise ValueError(f'no free run folder name {run_dir}-<n>; pass --experiment')
+
+
+def _truncate_summary(path: str, start_epoch: int) -> None:
+    """Drop ``summary.csv`` rows from ``start_epoch`` on: a kill after the summary line but before its checkpoint, or
+    a resume from an earlier checkpoint, would otherwise leave those epochs twice."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline='') as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if int(r['epoch']) < start_epoch]
+    with open(path + '.partial', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + '.partial', path)
 
 
 def _resolve_defaults(args: argparse.Namespace) -> None:
@@ -258,9 +361,8 @@ class _RunState:
         return state
 
 
-def _resume(path: str, model, optimizer, loss_scaler, class_counts, restore_optimizer: bool) -> int:
+def _resume(checkpoint: dict, path: str, model, optimizer, loss_scaler, class_counts, restore_optimizer: bool) -> int:
     """Restore model (RSG included), optimizer, AMP scaler and RNG; returns the epoch to start from."""
-    checkpoint = load_training_checkpoint(path)
     if checkpoint.get(CLASS_COUNTS_KEY) not in (None, list(class_counts)):
         raise SystemExit(f'{path} was trained on class counts {checkpoint[CLASS_COUNTS_KEY]}, not {class_counts}: '
                          f'resume with the same dataset flags')
@@ -305,7 +407,13 @@ def _fork(path: str, model, optimizer, class_counts) -> int:
 def main(argv=None) -> dict:
     setup_default_logging()
     args = _parse_args(argv)
+    if args.resume and args.fork:
+        raise SystemExit('--resume continues a run in its own folder, --fork starts a new one: pass one of them')
+    checkpoint = _load_resume(args, argv) if args.resume else None
+    if args.imb_type is None:
+        args.imb_type = default_imb_type(args.dataset)
     _resolve_defaults(args)
+    output_dir = _run_dir(args)
     device = init_distributed_device(args)
     if device.type == 'cpu':
         # Once trained, RSG's generation phase produces denormal floats; without flushing them a CPU step took
@@ -319,6 +427,10 @@ def main(argv=None) -> dict:
                      download=args.dataset_download)
     train_set = create_lt_dataset(args.dataset, args.data_dir, split=args.train_split, is_training=True, **lt_kwargs)
     eval_set = create_lt_dataset(args.dataset, args.data_dir, split=args.val_split, is_training=False, **lt_kwargs)
+    if args.check_data:
+        for dataset in (train_set, eval_set):
+            if hasattr(dataset, 'check_images'):  # in-memory arrays were checked when they were read
+                dataset.check_images()
     class_counts, label_names = list(train_set.class_counts), list(train_set.classes)
     if args.num_classes is not None and args.num_classes != len(class_counts):
         raise SystemExit(f'--num-classes {args.num_classes} but {args.dataset} has {len(class_counts)} classes')
@@ -344,10 +456,9 @@ def main(argv=None) -> dict:
     reweight = create_reweight(args.reweight, class_counts, beta=args.cb_beta, drw_epoch=args.drw_epoch)
 
     start_epoch = 0
-    if args.resume and args.fork:
-        raise SystemExit('--resume continues a run in its own folder, --fork starts a new one: pass one of them')
     if args.resume:
-        start_epoch = _resume(args.resume, model, optimizer, loss_scaler, class_counts, not args.no_resume_opt)
+        start_epoch = _resume(checkpoint, args.resume, model, optimizer, loss_scaler, class_counts,
+                              not args.no_resume_opt)
     elif args.fork:
         start_epoch = _fork(args.fork, model, optimizer, class_counts)
     if start_epoch:
@@ -359,24 +470,22 @@ def main(argv=None) -> dict:
             find_unused_parameters=is_rsg_model(model))
 
     run = _RunState(model, class_counts, label_names)
-    saver, output_dir = None, ''
+    saver = None
     if is_primary(args):
-        experiment = args.experiment or (os.path.basename(os.path.dirname(os.path.abspath(args.resume)))
-                                         if args.resume else f'{time.strftime("%Y%m%d-%H%M%S")}-{args.model}-'
-                                                             f'{args.dataset}')
-        output_dir = os.path.join(args.output or os.path.join('output', 'train'), experiment)
-        os.makedirs(output_dir, exist_ok=True)
-        saver = CheckpointSaver(model, optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
-                                recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
-                                max_history=args.checkpoint_hist, task=run)
+        output_dir = _create_run_dir(output_dir, args)
+        saver = RunCheckpointSaver(model, optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
+                                   recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
+                                   max_history=args.checkpoint_hist, task=run)
         if args.resume:
-            saver.load_state_dict_from_checkpoint(args.resume)
+            saver.restore(checkpoint, args.resume)
+            _truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
             # the resolved flags only (not the distributed bookkeeping), so the file works as a --config
             names = _arg_names(_build_parser())
             yaml.safe_dump({k: v for k, v in vars(args).items() if k in names}, f, sort_keys=False)
         _logger.info(f'{args.model} on {args.dataset}: {len(train_set)} training images, class counts '
                      f'{class_counts}; writing to {output_dir}')
+    checkpoint = None  # the resumed state is in place; free its tensors
 
     progress = is_primary(args) and not args.no_progress and sys.stderr.isatty()
     num_updates = start_epoch * len(train_loader)

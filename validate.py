@@ -37,8 +37,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dataset', default='demo', help=f'one of: {", ".join(list_lt_datasets())}')
     parser.add_argument('--split', default='test', help='evaluated split (a list file path for list datasets)')
     parser.add_argument('--dataset-download', action='store_true', help='let torchvision download CIFAR')
-    parser.add_argument('--imb-type', default='exp', choices=('exp', 'step', 'none'),
-                        help='training profile, used for many/medium/few when the model does not carry counts')
+    parser.add_argument('--imb-type', default=None, choices=('exp', 'step', 'none'),
+                        help='training profile, used for many/medium/few when the model does not carry counts '
+                             '(default: exp for CIFAR-LT, none, the data as it is, otherwise)')
     parser.add_argument('--imb-factor', type=float, default=0.01)
     parser.add_argument('--imb-select', default='first', choices=('first', 'shuffle'))
     parser.add_argument('--model', '-m', required=True, help='arch, local-dir:DIR or hf-hub:ORG/NAME')
