@@ -7,8 +7,9 @@ For every backbone arch present when rsg_timm is imported, ``rsg_<arch>`` is reg
 * every timm arch whose entrypoint builds one of timm's ``ResNet`` (resnet*, resnext*, seresnext*, wide_resnet*,
   ecaresnet*, res2net*, resnest*, skresnet*, test_resnet, ...), ``ConvNeXt``, ``RegNet`` (regnetx/y/v/z_*),
   ``EfficientNet`` (efficientnet*, tf_efficientnet*, mixnet*, mnasnet*, tinynet*, ...), ``MobileNetV3``
-  (mobilenetv3*, mobilenetv4*, lcnet*, fbnetv3*) or ``ResNetV2`` (resnetv2*, BiT), RSG after the last stride-16
-  stage and ``rsg_epoch_thresh=79`` by default (the ImageNet-LT recipe: 90 epochs, generation over the last 10).
+  (mobilenetv3*, mobilenetv4*, lcnet*, fbnetv3*, hardcorenas*) or ``ResNetV2`` (resnetv2*, BiT), RSG after the
+  last stride-16 stage and ``rsg_epoch_thresh=79`` by default (the ImageNet-LT recipe: 90 epochs, generation over
+  the last 10).
 
 ``rsg_stage`` indexes the backbone's ``feature_info`` (as ``forward_intermediates`` does): 3 is ``layer3`` of a
 ResNet, ``stages.2`` of a ResNetV2, ``s3`` of a RegNet, ``blocks.4`` of an EfficientNet-B0; ConvNeXt has no stem
@@ -16,7 +17,7 @@ entry, so its stride-16 stage ``stages.2`` is 2.
 
 Discovery reads each entrypoint's return annotation, so importing builds no model. An RSG model is its backbone,
 built by the backbone's own timm entrypoint, with its class switched to a subclass that adds RSG (``RSGResNet``,
-``RSGCifarResNet``): the state_dict keys are the backbone's plus ``rsg.*``, ``pretrained=True`` loads the backbone's
+``RSGConvNeXt``, ...): the state_dict keys are the backbone's plus ``rsg.*``, ``pretrained=True`` loads the backbone's
 default timm weights (RSG starts fresh), and RSG is registered after the head so that ``features_only`` gives the
 backbone's features. ``model(x)`` returns logits (eval, validation, export and every timm tool see the backbone);
 ``model(x, target=y)`` in train mode returns an :class:`RSGOutput`.
