@@ -163,9 +163,10 @@ class RSGMixin:
 
     def _rsg_stage_names(self) -> List[str]:
         """The modules ``forward_features`` runs after the stem, in order (the RSG stage is one of them)."""
-        if self._rsg_stage_container is None:
+        container = self._rsg_stage_container
+        if container is None:
             return [info['module'] for info in self.feature_info[1:]]
-        return [f'{self._rsg_stage_container}.{i}' for i in range(len(self.get_submodule(self._rsg_stage_container)))]
+        return [f'{container}.{i}' for i in range(len(self.get_submodule(container)))]
 
     def _rsg_forward_neck(self, x: torch.Tensor) -> torch.Tensor:
         """What ``forward_features`` applies after the last stage (nothing for a ResNet)."""
