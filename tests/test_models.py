@@ -18,10 +18,14 @@ torch.backends.cudnn.benchmark = False
 DEVICE = torch.device(os.environ.get('TORCH_DEVICE', 'cpu'))
 
 CIFAR_MODELS = timm.list_models('cifar_resnet*')
-# Every rsg_* model whose backbone is small: the CIFAR family and timm's tiny test_resnet. The big ImageNet
-# architectures are checked under the `slow` marker.
+# One small arch of each family beyond the ResNets (ConvNeXt, RegNet, EfficientNet, MobileNetV3, ResNetV2).
+FAMILY_RSG_MODELS = [
+    'rsg_convnext_atto', 'rsg_regnetx_002', 'rsg_efficientnet_b0', 'rsg_mobilenetv3_small_050', 'rsg_resnetv2_18']
+# Every rsg_* model whose backbone is small: the CIFAR family, timm's tiny test_resnet and the family picks. The big
+# ImageNet architectures are checked under the `slow` marker.
 RSG_MODELS = [
-    n for n in timm.list_models('rsg_*') if 'cifar_' + n[len('rsg_'):] in CIFAR_MODELS or n == 'rsg_test_resnet']
+    n for n in timm.list_models('rsg_*') if 'cifar_' + n[len('rsg_'):] in CIFAR_MODELS or n == 'rsg_test_resnet'
+] + FAMILY_RSG_MODELS
 SLOW_RSG_MODELS = ['rsg_resnet50', 'rsg_resnext50_32x4d']
 ALL_MODELS = CIFAR_MODELS + RSG_MODELS
 # The deeper CIFAR ResNets repeat the same blocks: their contract tests run under the `slow` marker.
@@ -34,7 +38,7 @@ def _params(names):
 
 
 # Input sizes below the cfg's, as timm's tests cap ImageNet-family inputs; the rest use their cfg input_size.
-_INPUT_SIZE = {'rsg_test_resnet': 64}
+_INPUT_SIZE = {'rsg_test_resnet': 64, **{n: 64 for n in FAMILY_RSG_MODELS}}
 _NUM_CLASSES = 10
 _EXPECTED_RSG_NAMES = [
     'rsg_resnet18', 'rsg_resnet34', 'rsg_resnet50', 'rsg_resnet101', 'rsg_resnet152', 'rsg_resnext50_32x4d',
@@ -258,7 +262,8 @@ def test_official_checkpoint_loads(use_norm):
     torch.testing.assert_close(loaded.fc.weight, square.fc.weight)
 
 
-@pytest.mark.parametrize('name,backbone', [('rsg_resnet32', 'cifar_resnet32'), ('rsg_test_resnet', 'test_resnet')])
+@pytest.mark.parametrize('name,backbone', [('rsg_resnet32', 'cifar_resnet32'), ('rsg_test_resnet', 'test_resnet')] + [
+    (n, n[len('rsg_'):]) for n in FAMILY_RSG_MODELS])
 def test_pretrained_backbone_file(name, backbone, tmp_path):
     """pretrained=True loads the backbone's weights (here a local file standing in for timm's) and a fresh RSG."""
     source = _create(backbone).eval()
@@ -273,7 +278,8 @@ def test_pretrained_backbone_file(name, backbone, tmp_path):
     model = _create(name, num_classes=3, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     state_dict = model.state_dict()
     assert model.rsg.num_classes == 3
-    assert all(torch.equal(state_dict[k], v) for k, v in source.state_dict().items() if not k.startswith('fc.'))
+    classifier = model.pretrained_cfg['classifier'] + '.'
+    assert all(torch.equal(state_dict[k], v) for k, v in source.state_dict().items() if not k.startswith(classifier))
 
 
 def test_checkpoint_of_other_architecture_fails_clearly(tmp_path):

@@ -203,7 +203,7 @@ def test_torchrun_two_processes_on_cpu(tiny_demo, tmp_path):
 def test_every_recipe_parses_and_names_a_registered_model(path):
     args = train_script._parse_args(['--config', path])
     assert timm.is_model(args.model), args.model
-    assert args.dataset in ('cifar10_lt', 'cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018')
+    assert args.dataset in ('cifar10_lt', 'cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018', 'folder_lt')
 
 
 @pytest.mark.slow

@@ -4,13 +4,20 @@ For every backbone arch present when rsg_timm is imported, ``rsg_<arch>`` is reg
 
 * the CIFAR ResNets, named without their prefix (``cifar_resnet32`` -> ``rsg_resnet32``), RSG after stage 2 and
   ``rsg_epoch_thresh=159`` by default (the paper's 200-epoch CIFAR-LT recipe);
-* every timm arch whose entrypoint builds a timm ``ResNet`` (resnet*, resnext*, seresnext*, wide_resnet*,
-  ecaresnet*, res2net*, resnest*, skresnet*, test_resnet, ...), RSG after stage 3 and ``rsg_epoch_thresh=79`` by
-  default (the ImageNet-LT recipe: 90 epochs, generation over the last 10).
+* every timm arch whose entrypoint builds one of timm's ``ResNet`` (resnet*, resnext*, seresnext*, wide_resnet*,
+  ecaresnet*, res2net*, resnest*, skresnet*, test_resnet, ...), ``ConvNeXt``, ``RegNet`` (regnetx/y/v/z_*),
+  ``EfficientNet`` (efficientnet*, tf_efficientnet*, mixnet*, mnasnet*, tinynet*, ...), ``MobileNetV3``
+  (mobilenetv3*, mobilenetv4*, lcnet*, fbnetv3*, hardcorenas*) or ``ResNetV2`` (resnetv2*, BiT), RSG after the
+  last stride-16 stage and ``rsg_epoch_thresh=79`` by default (the ImageNet-LT recipe: 90 epochs, generation over
+  the last 10).
+
+``rsg_stage`` indexes the backbone's ``feature_info`` (as ``forward_intermediates`` does): 3 is ``layer3`` of a
+ResNet, ``stages.2`` of a ResNetV2, ``s3`` of a RegNet, ``blocks.4`` of an EfficientNet-B0; ConvNeXt has no stem
+entry, so its stride-16 stage ``stages.2`` is 2.
 
 Discovery reads each entrypoint's return annotation, so importing builds no model. An RSG model is its backbone,
 built by the backbone's own timm entrypoint, with its class switched to a subclass that adds RSG (``RSGResNet``,
-``RSGCifarResNet``): the state_dict keys are the backbone's plus ``rsg.*``, ``pretrained=True`` loads the backbone's
+``RSGConvNeXt``, ...): the state_dict keys are the backbone's plus ``rsg.*``, ``pretrained=True`` loads the backbone's
 default timm weights (RSG starts fresh), and RSG is registered after the head so that ``features_only`` gives the
 backbone's features. ``model(x)`` returns logits (eval, validation, export and every timm tool see the backbone);
 ``model(x, target=y)`` in train mode returns an :class:`RSGOutput`.
@@ -31,13 +38,21 @@ from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, model_entrypoint, \
     register_model
 from timm.models._manipulate import checkpoint_seq
+from timm.models.convnext import ConvNeXt, checkpoint_filter_fn as _convnext_filter_fn
+from timm.models.efficientnet import EfficientNet
+from timm.models.mobilenetv3 import MobileNetV3
+from timm.models.regnet import RegNet, _filter_fn as _regnet_filter_fn
 from timm.models.resnet import ResNet
+from timm.models.resnetv2 import ResNetV2
 from timm.utils import unwrap_model
 
 from ..rsg import RSG
 from .cifar_resnet import CifarResNet, NormedLinear, _check_checkpoint_keys, _unwrap_checkpoint, checkpoint_filter_fn
 
-__all__ = ['RSGOutput', 'RSGMixin', 'RSGResNet', 'RSGCifarResNet', 'backbone_arch']  # register_model adds each rsg_* entrypoint
+__all__ = [
+    'RSGOutput', 'RSGMixin', 'RSGResNet', 'RSGCifarResNet', 'RSGConvNeXt', 'RSGRegNet', 'RSGEfficientNet',
+    'RSGMobileNetV3', 'RSGResNetV2', 'backbone_arch',
+]  # register_model adds each rsg_* entrypoint
 
 _logger = logging.getLogger(__name__)
 
@@ -52,13 +67,20 @@ class RSGOutput(NamedTuple):
 
 
 class RSGMixin:
-    """Adds a training-only RSG after stage ``layer{rsg_stage}`` of a backbone with timm's interface.
+    """Adds a training-only RSG after the stage ``feature_info[rsg_stage]`` of a backbone with timm's interface.
 
-    The backbone needs ``feature_info`` (stem first, then stages named ``layerN``), ``forward_intermediates`` and
-    ``forward_head``. ``forward_features``, ``forward_intermediates``, ``group_matcher`` (RSG parameters fall in the
-    final, head-like group) and everything else stay the backbone's. The train path honours grad checkpointing
-    for the backbone stages; RSG itself is not checkpointed (its activations are one stage's worth).
+    The backbone needs ``feature_info``, ``forward_intermediates`` (indexed like ``feature_info``) and
+    ``forward_head``. The train path runs ``forward_intermediates`` up to the RSG stage, RSG, then the stage adapter
+    each family subclass supplies: the stages after it (:meth:`_rsg_stage_names`) and whatever ``forward_features``
+    applies after the last stage (:meth:`_rsg_forward_neck`). ``forward_features``, ``forward_intermediates``,
+    ``group_matcher`` (RSG parameters fall in the final, head-like group) and everything else stay the backbone's.
+    The train path honours grad checkpointing for the backbone stages; RSG itself is not checkpointed (its
+    activations are one stage's worth).
     """
+
+    # The ``nn.Sequential`` holding the stages (``stages``, ``blocks``); None: they are the top-level
+    # ``feature_info`` modules after the stem (``layer1``.., ``s1``..).
+    _rsg_stage_container: Optional[str] = None
 
     @classmethod
     def from_backbone(
@@ -80,7 +102,7 @@ class RSGMixin:
 
         Args:
             backbone_name: registered timm arch, built with ``pretrained=False``.
-            rsg_stage: RSG runs on the output of ``layer{rsg_stage}``.
+            rsg_stage: RSG runs on the output of ``feature_info[rsg_stage]`` (``layer3`` of a ResNet for 3).
             rsg_epoch_thresh: last epoch of the CESC phase; samples are generated for ``epoch > rsg_epoch_thresh``.
             rsg_n_center: centres per class.
             rsg_contrastive_dim: width of the contrastive module.
@@ -125,14 +147,15 @@ class RSGMixin:
             mv_weight: float,
     ) -> None:
         module_names = [info['module'] for info in self.feature_info]
-        if f'layer{stage}' not in module_names[1:]:
+        stage_names = self._rsg_stage_names()
+        stages = [i for i, name in enumerate(module_names) if name in stage_names]
+        if stage not in stages:
             raise ValueError(
-                f'rsg_stage={stage} is not a stage of {self.backbone_name}; '
-                f'pass one of {list(range(1, len(module_names)))}')
+                f'rsg_stage={stage} is not a stage of {self.backbone_name} (feature_info: {module_names}); '
+                f'pass one of {stages}')
         if not 0. <= head_ratio <= 1.:
             raise ValueError(f'rsg_head_ratio must lie in [0, 1], got {head_ratio}')
-        index = module_names.index(f'layer{stage}')
-        info = self.feature_info[index]
+        info = self.feature_info[stage]
         # [C, H, W] of that stage at the cfg's input size (RSG records it; its maths follow the actual maps).
         input_size = self.pretrained_cfg['input_size']
         feature_shape = [info['num_chs']] + [math.ceil(s / info['reduction']) for s in input_size[1:]]
@@ -142,13 +165,23 @@ class RSGMixin:
         self.rsg_mv_weight = mv_weight
         self.rsg_epoch = 0
         self.rsg_class_counts: Optional[List[int]] = None
-        self._rsg_index = index
-        self._rsg_later_stages = tuple(module_names[index + 1:])
+        self._rsg_later_stages = tuple(stage_names[stage_names.index(info['module']) + 1:])
         self._rsg_args = dict(
             n_center=n_center, feature_maps_shape=feature_shape, contrastive_module_dim=contrastive_dim,
             transfer_strength=strength, epoch_thresh=epoch_thresh)
         self._rsg_head_warned = False
         self.rsg = self._create_rsg_module()  # registered after the head: FeatureListNet stops before it
+
+    def _rsg_stage_names(self) -> List[str]:
+        """The modules ``forward_features`` runs after the stem, in order (the RSG stage is one of them)."""
+        container = self._rsg_stage_container
+        if container is None:
+            return [info['module'] for info in self.feature_info[1:]]
+        return [f'{container}.{i}' for i in range(len(self.get_submodule(container)))]
+
+    def _rsg_forward_neck(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``forward_features`` applies after the last stage (nothing for a ResNet)."""
+        return x
 
     def _create_rsg_module(self) -> RSG:
         """A fresh RSG for the current classes; head classes follow the official rule until class counts arrive."""
@@ -196,7 +229,9 @@ class RSGMixin:
         super().reset_classifier(num_classes, global_pool)
         if cosine and num_classes > 0:
             self.fc = NormedLinear(self.fc.in_features, num_classes, **get_device_dtype(self.fc)).train(self.training)
-        self.backbone_kwargs.update(num_classes=num_classes, global_pool=self.global_pool.pool_type)
+        self.backbone_kwargs['num_classes'] = num_classes
+        if global_pool is not None:  # None keeps the pooling the backbone was built with
+            self.backbone_kwargs['global_pool'] = global_pool
         if num_classes != self.rsg.num_classes:
             self.rsg = self._create_rsg_module()
             self.rsg_class_counts = None
@@ -212,12 +247,15 @@ class RSGMixin:
                 f'only when classes are sorted by size). Call model.set_class_counts(train_class_counts).',
                 stacklevel=2)
             self._rsg_head_warned = True
-        x = self.forward_intermediates(x, indices=[self._rsg_index], stop_early=True, intermediates_only=True)[0]
+        x = self.forward_intermediates(x, indices=[self.rsg_stage], stop_early=True, intermediates_only=True)[0]
         x, loss_cesc, loss_mv, target = self.rsg(feature_maps=x, target=target, epoch=self.rsg_epoch)
+        # A model-level flag means the backbone checkpoints its stage sequence itself (ResNet, EfficientNet);
+        # ConvNeXt, RegNet and ResNetV2 stages carry their own flag and checkpoint their blocks inside.
+        checkpoint = getattr(self, 'grad_checkpointing', False) and not torch.jit.is_scripting()
         for name in self._rsg_later_stages:  # [B + G, C, H, W] from here on
-            stage = getattr(self, name)
-            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
-        logits = self.forward_head(x)
+            stage = self.get_submodule(name)
+            x = checkpoint_seq(stage, x) if checkpoint else stage(x)
+        logits = self.forward_head(self._rsg_forward_neck(x))
         aux_loss = self.rsg_cesc_weight * loss_cesc + self.rsg_mv_weight * loss_mv
         return RSGOutput(logits, target, loss_cesc, loss_mv, aux_loss)
 
@@ -262,6 +300,42 @@ class RSGCifarResNet(RSGMixin, CifarResNet):
     """CIFAR ResNet with RSG; see :class:`RSGMixin`."""
 
 
+class RSGConvNeXt(RSGMixin, ConvNeXt):
+    """timm ``ConvNeXt`` with RSG; see :class:`RSGMixin`."""
+    _rsg_stage_container = 'stages'
+
+    def _rsg_forward_neck(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_pre(x)  # Identity unless the head norm comes first (head_norm_first)
+
+
+class RSGRegNet(RSGMixin, RegNet):
+    """timm ``RegNet`` with RSG; see :class:`RSGMixin`."""
+
+    def _rsg_forward_neck(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_conv(x)
+
+
+class RSGEfficientNet(RSGMixin, EfficientNet):
+    """timm ``EfficientNet`` (and its relatives: MixNet, MnasNet, TinyNet, ...) with RSG; see :class:`RSGMixin`."""
+    _rsg_stage_container = 'blocks'
+
+    def _rsg_forward_neck(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv_head(x))
+
+
+class RSGMobileNetV3(RSGMixin, MobileNetV3):
+    """timm ``MobileNetV3`` (and MobileNetV4, LCNet, FBNetV3) with RSG; its head conv sits in ``forward_head``."""
+    _rsg_stage_container = 'blocks'
+
+
+class RSGResNetV2(RSGMixin, ResNetV2):
+    """timm ``ResNetV2`` (pre-activation ResNets, BiT) with RSG; see :class:`RSGMixin`."""
+    _rsg_stage_container = 'stages'
+
+    def _rsg_forward_neck(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
 def _resnet_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """timm ResNet weights, or official RSG ImageNet checkpoints (same names, plus ``module.`` / ``RSG.``)."""
     state_dict = _unwrap_checkpoint(state_dict, model)
@@ -270,12 +344,12 @@ def _resnet_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str,
 
 
 def _rsg_filter_fn(
-        backbone_filter_fn: Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]],
+        backbone_filter_fn: Optional[Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]],
         state_dict: Dict[str, Any],
         model: nn.Module,
 ) -> Dict[str, torch.Tensor]:
     """The backbone's filter, then fresh RSG values for a backbone-only checkpoint (strict loading checks the rest)."""
-    state_dict = backbone_filter_fn(state_dict, model)
+    state_dict = backbone_filter_fn(state_dict, model) if backbone_filter_fn is not None else state_dict
     for k, v in model.state_dict().items():
         if k.startswith('rsg.'):
             state_dict.setdefault(k, v)
@@ -287,13 +361,26 @@ class _Family(NamedTuple):
     rsg_cls: type
     rsg_stage: int
     rsg_epoch_thresh: int
-    filter_fn: Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]
-    feature_cfg: Dict[str, Any]
+    filter_fn: Optional[Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]]  # the backbone's own
+    feature_cfg: Dict[str, Any]  # the backbone builder's, so that features_only gives the backbone's features
 
 
+def _regnet_filter(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm's RegNet filter (pycls names) takes no model argument."""
+    return _regnet_filter_fn(state_dict)
+
+
+# The default RSG stage of the ImageNet-style families is the last stride-16 one, where the paper puts RSG in a
+# ResNet (layer3: 14x14 maps at 224 px).
 _FAMILIES = {
     CifarResNet: _Family(RSGCifarResNet, 2, 159, checkpoint_filter_fn, dict(out_indices=(0, 1, 2, 3))),
     ResNet: _Family(RSGResNet, 3, 79, _resnet_filter_fn, {}),
+    ConvNeXt: _Family(
+        RSGConvNeXt, 2, 79, _convnext_filter_fn, dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)),
+    RegNet: _Family(RSGRegNet, 3, 79, _regnet_filter, {}),
+    EfficientNet: _Family(RSGEfficientNet, 3, 79, None, dict(flatten_sequential=True)),
+    MobileNetV3: _Family(RSGMobileNetV3, 3, 79, None, dict(flatten_sequential=True)),
+    ResNetV2: _Family(RSGResNetV2, 3, 79, None, dict(flatten_sequential=True)),
 }
 
 
@@ -346,7 +433,7 @@ def _register_rsg_entrypoint(name: str, arch: str, family: _Family) -> None:
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__doc__ = (
-        f'{arch} with RSG after stage {family.rsg_stage} (``rsg_stage``), generating samples after epoch '
+        f'{arch} with RSG after feature_info stage {family.rsg_stage} (``rsg_stage``), generating samples after epoch '
         f'{family.rsg_epoch_thresh} (``rsg_epoch_thresh``); RSG runs only in training with labels.')
     globals()[name] = entrypoint
     register_model(entrypoint)
