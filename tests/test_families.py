@@ -17,7 +17,7 @@ from PIL import Image
 from rsg_timm.export import save_pretrained, strip_rsg
 from rsg_timm.models import RSGOutput
 
-from conftest import REPO_DIR, load_script
+from helpers import REPO_DIR, load_script
 from test_models import FAMILY_RSG_MODELS
 
 _MODULES = ('convnext', 'regnet', 'efficientnet', 'mobilenetv3', 'resnetv2')

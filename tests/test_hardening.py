@@ -16,7 +16,7 @@ from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval
     load_training_checkpoint
 from rsg_timm.data import create_lt_dataset
 
-from conftest import load_script
+from helpers import load_script
 
 train_script = load_script('train.py')
 
