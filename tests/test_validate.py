@@ -86,3 +86,8 @@ def test_has_cosine_classifier():
     import timm
     assert has_cosine_classifier(timm.create_model('cifar_resnet20', use_norm=True))
     assert not has_cosine_classifier(timm.create_model('cifar_resnet20'))
+
+
+def test_exported_weights_are_as_readable_as_the_rest(demo_run):
+    mode = os.stat(demo_run / 'config.json').st_mode & 0o777
+    assert os.stat(demo_run / 'model.safetensors').st_mode & 0o777 == mode
