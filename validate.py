@@ -16,6 +16,7 @@ import math
 import os
 from collections import OrderedDict
 from functools import partial
+from typing import Optional
 
 import pandas as pd
 import torch
@@ -83,7 +84,7 @@ def _side_file(args: argparse.Namespace, explicit: str, suffix: str) -> str:
     return os.path.splitext(args.results_file)[0] + suffix
 
 
-def _training_record(model_name: str, checkpoint_path: str) -> dict:
+def _training_record(model_name: str, checkpoint_path: str, cache_dir: Optional[str] = None) -> dict:
     """The training arguments the model records (``{}`` when none): a checkpoint's ``args``, the ``args.yaml`` of
     the run folder or Hub repo an export sits in, or a zoo tag's ``train_args`` and ``class_counts``."""
     if checkpoint_path:
@@ -96,7 +97,7 @@ def _training_record(model_name: str, checkpoint_path: str) -> dict:
         from huggingface_hub import hf_hub_download
         repo_id, _, revision = model_name[len('hf-hub:'):].partition('@')
         try:
-            path = hf_hub_download(repo_id, 'args.yaml', revision=revision or None)
+            path = hf_hub_download(repo_id, 'args.yaml', revision=revision or None, cache_dir=cache_dir)
         except Exception as e:  # a repo pushed without its run records, or offline without a cached copy
             _logger.info(f'{model_name}: no args.yaml ({type(e).__name__}), so no recorded training arguments')
     else:
@@ -148,7 +149,7 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
 
-    record = _training_record(args.model, args.checkpoint)
+    record = _training_record(args.model, args.checkpoint, cache_dir=args.model_kwargs.get('cache_dir'))
     _resolve_dataset(args, record)
     model, class_counts, label_names = create_eval_model(
         args.model, args.checkpoint, pretrained=args.pretrained or not args.checkpoint,
@@ -182,13 +183,12 @@ def main(argv=None) -> dict:
                                   class_counts=class_counts, label_names=label_names or list(dataset.classes),
                                   amp_dtype=amp_dtype, channels_last=args.channels_last, logit_transform=transform)
 
-    results = OrderedDict(model=args.model, checkpoint=args.checkpoint, dataset=args.dataset, split=args.split,
-                          num_images=len(dataset))
+    results = OrderedDict(model=args.model, checkpoint=args.checkpoint)
     for key in ('top1', 'top5'):
         results[key], results[f'{key}_err'] = round(metrics[key], 3), round(100 - metrics[key], 3)
     # an empty shot group is NaN; JSON has no NaN, so it is written as null (an empty cell in the CSV)
     results.update((k, None if math.isnan(v) else round(v, 3)) for k, v in metrics.items() if k not in results)
-    results.update(param_count=round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+    results.update(dataset=args.dataset, split=args.split, num_images=len(dataset), param_count=round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
                    img_size=data_config['input_size'][-1], logit_adjust=args.logit_adjust, logit_scale=logit_scale,
                    tau_norm=args.tau_norm)
     _logger.info(f'{args.model} on {args.dataset} {args.split} ({len(dataset)} images): '
