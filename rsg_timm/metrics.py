@@ -346,6 +346,8 @@ def plot_training_curves(summary_csv: str, path: str) -> Optional[str]:
             values = summary.get(column)
             if values is None or not values.notna().any() or (log_y and not (values > 0).any()):
                 continue  # e.g. no RSG terms for a plain backbone, no few-shot classes
+            if log_y:
+                values = values.where(values > 0)  # e.g. MV before generation starts: a gap, not a plunge
             ax.plot(summary['epoch'], values, marker='.', label=column.replace('eval_', 'test ').replace('_', ' '))
         if log_y:
             ax.set_yscale('log')

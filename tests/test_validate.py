@@ -1,6 +1,7 @@
 """validate.py: it scores the data the model was trained for (or refuses to guess) and says which, and post-hoc logit
 adjustment works on cosine-head (LDAM) models."""
 import json
+import logging
 import os
 
 import pytest
@@ -10,7 +11,7 @@ from rsg_timm.checkpoint import load_training_checkpoint
 from rsg_timm.models.pretrained import load_pretrained_tags
 from rsg_timm.posthoc import has_cosine_classifier, logit_adjust, training_logit_scale
 
-from conftest import load_script
+from conftest import SHARED_DIR, load_script
 
 train_script = load_script('train.py')
 validate_script = load_script('validate.py')
@@ -91,3 +92,13 @@ def test_has_cosine_classifier():
 def test_exported_weights_are_as_readable_as_the_rest(demo_run):
     mode = os.stat(demo_run / 'config.json').st_mode & 0o777
     assert os.stat(demo_run / 'model.safetensors').st_mode & 0o777 == mode
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DIR, 'data', 'cifar10_test.npz')),
+                    reason='shared CIFAR-10 npz not present')
+def test_balanced_test_split_is_not_logged_as_cut(caplog):
+    from rsg_timm.data.cifar_lt import CifarLT
+    caplog.set_level(logging.INFO)
+    CifarLT(os.path.join(SHARED_DIR, 'data'), train=False)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith('CIFAR-10-LT test'))
+    assert line.startswith('CIFAR-10-LT test: 10000 images, balanced')
