@@ -127,15 +127,16 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--rsg-contrastive-dim', type=int, default=None,
                        help="width of RSG's contrastive pair classifier (model default 256)")
     group.add_argument('--rsg-strength', type=float, default=None,
-                       help='share of extra rare-class samples generated per batch (model default 1.0)')
+                       help='transfer strength: scales how many rare-class samples are generated per batch (model '
+                            'default 1.0)')
     group.add_argument('--rsg-epoch-thresh', type=int, default=None,
                        help='last CESC-only epoch; generation starts after it (default 80%% in, -1)')
     group.add_argument('--rsg-head-ratio', type=float, default=None,
                        help='share of the most frequent classes RSG treats as head (model default 0.2)')
     group.add_argument('--rsg-cesc-weight', type=float, default=None,
-                       help='weight of the centre-estimation (CESC) loss (model default 0.1)')
+                       help='weight of the CESC loss (centre estimation, sample contrast; model default 0.1)')
     group.add_argument('--rsg-mv-weight', type=float, default=None,
-                       help='weight of the maximised-vector (MV) loss (model default 0.01)')
+                       help='weight of the MV (maximised vector) loss (model default 0.01)')
 
     group = parser.add_argument_group('Optimizer parameters')
     group.add_argument('--opt', default='momentum',

@@ -149,11 +149,11 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
 
-    record = _training_record(args.model, args.checkpoint, cache_dir=args.model_kwargs.get('cache_dir'))
-    _resolve_dataset(args, record)
     model, class_counts, label_names = create_eval_model(
         args.model, args.checkpoint, pretrained=args.pretrained or not args.checkpoint,
         num_classes=args.num_classes, **args.model_kwargs)
+    record = _training_record(args.model, args.checkpoint, cache_dir=args.model_kwargs.get('cache_dir'))
+    _resolve_dataset(args, record)
     model = strip_rsg(model)  # evaluation runs the deployable backbone; RSG adds nothing at test time
     logit_scale = _logit_scale(args, model, record) if args.logit_adjust is not None else None
     if args.tau_norm is not None:
