@@ -305,6 +305,9 @@ def create_model_card(run: TrainingRun, config: Dict[str, Any], repo_id: str, ne
         'import json, huggingface_hub  # training images per class, e.g. for logit adjustment',
         f"config = json.load(open(huggingface_hub.hf_hub_download('{repo_id}', 'config.json')))",
         f"class_counts = config['{CLASS_COUNTS_KEY}']",
+        *([f'# LDAM trained on logits x {args.get("ldam_s") or 30:g}: scale them so before subtracting log-priors',
+           f'# (rsg_timm.posthoc.logit_adjust(logits, class_counts, tau=1.0, scale={args.get("ldam_s") or 30:g}))']
+          if args.get('loss') == 'ldam' else []),
         '```',
         '',
         'Evaluate with many/medium/few, per-class accuracy and calibration:',

@@ -31,6 +31,7 @@ def test_demo_card_is_consistent_and_reads_as_a_demo(tmp_path):
     assert '![Training curves](curves.png)' in card
     assert 'python validate.py --model hf-hub:me/demo --dataset demo\n' in card  # no --data-dir for the demo
     assert 'not part of its pip package' in card and 'Needs `pip install timm`' in card
+    assert 'logit_adjust(logits, class_counts, tau=1.0, scale=30)' in card  # LDAM's logits are cosine x s
 
 
 def test_research_card_states_intended_use_and_short_schedule(tmp_path):
