@@ -8,6 +8,7 @@ Pass a plain backbone (``--model cifar_resnet32``) to train the same network wit
 """
 import argparse
 import copy
+import csv
 import datetime
 import difflib
 import json
@@ -23,20 +24,21 @@ import yaml
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import (CheckpointSaver, ParseKwargs, distribute_bn, get_state_dict, init_distributed_device,
-                        is_primary, random_seed, setup_default_logging, unwrap_model, update_summary)
+from timm.utils import (ParseKwargs, distribute_bn, get_state_dict, init_distributed_device, is_primary, random_seed,
+                        setup_default_logging, unwrap_model, update_summary)
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.cli import run_cli
-from rsg_timm.checkpoint import checkpoint_extras, fork_training_state, load_training_checkpoint
-from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, list_lt_datasets, \
-    list_samplers, sampler_kwargs
-from rsg_timm.data.constants import CLASS_COUNTS_KEY
+from rsg_timm.checkpoint import RunCheckpointSaver, checkpoint_extras, find_resume_checkpoint, \
+    fork_training_state, load_training_checkpoint
+from rsg_timm.constants import CLASS_COUNTS_KEY
+from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
+    list_lt_datasets, list_samplers, sampler_kwargs
 from rsg_timm.engine import check_divergence, evaluate, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy, plot_training_curves
-from rsg_timm.models import backbone_arch
+from rsg_timm.models import backbone_arch, is_rsg_model, set_cosine_classifier, supports_cosine_classifier
 
 _logger = logging.getLogger('train')
 
@@ -74,13 +76,21 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--dataset', default='demo', help=f'one of: {", ".join(list_lt_datasets())}')
     group.add_argument('--train-split', default='train')
     group.add_argument('--val-split', default='test', help='split evaluated every epoch')
+    group.add_argument('--test-split', default='test', help='split the --select-on val epoch is tested on')
+    group.add_argument('--select-on', default='last', choices=('last', 'val'),
+                       help='exported epoch: the last, or the best on --val-split, then tested on --test-split '
+                            '(the official large-scale protocol)')
     group.add_argument('--dataset-download', action='store_true', help='let torchvision download CIFAR')
+    group.add_argument('--check-data', action='store_true',
+                       help='read every image file before training (image-file datasets; slow on large sets)')
 
     group = parser.add_argument_group('Model parameters')
     group.add_argument('--model', default='rsg_resnet32', help='any timm model; rsg_<arch> adds RSG to <arch>')
     group.add_argument('--pretrained', action='store_true', help="start from the backbone's timm weights")
     group.add_argument('--num-classes', type=int, default=None, help="default: the dataset's class count")
-    group.add_argument('--resume', default='', help='continue a run from its last.pth.tar')
+    group.add_argument('--resume', default='', metavar='RUN',
+                       help="continue a run in its own folder: the folder or a checkpoint in it; the run's flags are "
+                            "restored from the checkpoint (flags given explicitly win and are logged)")
     group.add_argument('--no-resume-opt', action='store_true', help='do not restore the optimizer state')
     group.add_argument('--fork', default='', metavar='CHECKPOINT',
                        help="start a new run from another run's training checkpoint: its epoch, RNG state, and the "
@@ -96,9 +106,16 @@ def _build_parser() -> argparse.ArgumentParser:
                        help='torch.compile each backbone stage (opt-in; RSG stays eager, its sample count is data-'
                             'dependent); about a minute of compiling on CPU')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    group.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
+    group.add_argument('--interpolation', default=None, help="resize interpolation (default: the model's)")
+    group.add_argument('--crop-pct', type=float, default=None,
+                       help="eval centre-crop share (default: the model's); 0.875 at 224 px is Resize 256 + crop 224")
+    group.add_argument('--mean', type=float, nargs=3, default=None, help="normalisation mean (default: the model's)")
+    group.add_argument('--std', type=float, nargs=3, default=None, help="normalisation std (default: the model's)")
 
     group = parser.add_argument_group('Long-tail parameters')
-    group.add_argument('--imb-type', default='exp', choices=('exp', 'step', 'none'))
+    group.add_argument('--imb-type', default=None, choices=('exp', 'step', 'none'),
+                       help='training class profile (default: exp for CIFAR-LT, none, the data as it is, otherwise)')
     group.add_argument('--imb-factor', type=float, default=0.01, help='n_min / n_max, 0.01 is rho = 100')
     group.add_argument('--imb-select', default='first', choices=('first', 'shuffle'),
                        help="first: the RSG paper's CIFAR-LT subset; shuffle: LDAM-DRW's seeded subset")
@@ -110,6 +127,9 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--drw-epoch', type=int, default=None, help='first re-weighted epoch (default 80%% in)')
     group.add_argument('--drs-epoch', type=int, default=None,
                        help='first re-sampled epoch of --sampler deferred (default 80%% in)')
+    group.add_argument('--drs-shuffle', action='store_true',
+                       help='--sampler deferred: before --drs-epoch, each image once per epoch in a seeded shuffle '
+                            '(the official scripts) instead of instance-balanced draws with replacement')
     group.add_argument('--cb-beta', type=float, default=0.9999, help='effective-number beta')
     group.add_argument('--focal-gamma', type=float, default=None, help='focal loss gamma (loss default 1.0)')
     group.add_argument('--ldam-max-m', type=float, default=None, help='largest LDAM margin (loss default 0.5)')
@@ -117,8 +137,11 @@ def _build_parser() -> argparse.ArgumentParser:
                        help='LDAM logit scale, for cosine logits in [-1, 1] (loss default 30)')
     group.add_argument('--la-tau', type=float, default=None, help='logit-adjusted loss tau (loss default 1.0)')
     group.add_argument('--cosine-classifier', action=argparse.BooleanOptionalAction, default=None,
-                       help='normalised classifier (default: on CIFAR ResNets unless --loss is not ldam, as LDAM/RSG '
-                            'do); it makes --loss ldam (+ drw) the default')
+                       help='cosine classifier (default: on the CIFAR ResNets without --loss, or with --loss ldam '
+                            'where the model supports it, as LDAM/RSG do); it makes --loss ldam (+ drw) the default')
+    group.add_argument('--official-init', action='store_true',
+                       help='timm ResNets as the official RSG ImageNet-family code: no zero-init of the last BN of '
+                            'each block, RSG re-initialised by the backbone loop (rsg_init=backbone)')
 
     group = parser.add_argument_group('RSG parameters (rsg_* models; defaults from the model)')
     group.add_argument('--rsg-stage', type=int, default=None,
@@ -177,7 +200,8 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--checkpoint-hist', type=int, default=3)
     group.add_argument('-j', '--workers', type=int, default=2, help='loader workers for file-based datasets')
     group.add_argument('--output', default='', help='runs go to OUTPUT/<experiment> (default ./output/train)')
-    group.add_argument('--experiment', default='', help='run folder name (default: <time>-<model>-<dataset>)')
+    group.add_argument('--experiment', default='',
+                       help='run folder name, which must be new (default: <time>-<model>-<dataset>[-<n>], unique)')
     group.add_argument('--eval-metric', default='top1')
     group.add_argument('--no-progress', action='store_true', help='log lines instead of a progress bar')
     return parser
@@ -202,6 +226,101 @@ def _parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# Flags that say where and how this process runs, not what the run is: --resume never takes them from the checkpoint.
+_NOT_RESTORED = {'config', 'resume', 'no_resume_opt', 'fork', 'output', 'experiment', 'device', 'workers',
+                 'log_interval', 'no_progress', 'check_data', 'dataset_download'}
+
+
+def _given_names(argv=None) -> set:
+    """Argument names set on the command line or by ``--config``: what a resumed run's stored flags must not undo."""
+    args_config, remaining = config_parser.parse_known_args(argv)
+    parser = _build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_known_args(remaining)[0]))
+    if args_config.config:
+        with open(args_config.config) as f:
+            given |= set(yaml.safe_load(f) or {})
+    return given
+
+
+def _restore_recipe(args: argparse.Namespace, saved: argparse.Namespace, given: set, path: str) -> None:
+    """Put the resumed run's resolved flags back into ``args``, except those given now, and log what differs."""
+    names = _arg_names(_build_parser()) - _NOT_RESTORED
+    stored = {k: v for k, v in vars(saved).items() if k in names}
+    overridden = []
+    for name, value in stored.items():
+        if name not in given:
+            setattr(args, name, value)
+        elif getattr(args, name) != value:
+            overridden.append(f'--{name.replace("_", "-")} {getattr(args, name)} (the run had {value})')
+    _logger.info(f'Restored the run\'s flags from {path}' + (f'; overridden: {", ".join(overridden)}' if overridden
+                                                              else ''))
+
+
+def _load_resume(args: argparse.Namespace, argv) -> dict:
+    """Find and read the ``--resume`` checkpoint, and restore the run's flags into ``args``."""
+    args.resume = find_resume_checkpoint(args.resume)
+    checkpoint = load_training_checkpoint(args.resume)
+    if isinstance(checkpoint.get('args'), argparse.Namespace):
+        _restore_recipe(args, checkpoint['args'], _given_names(argv), args.resume)
+    else:
+        _logger.warning(f'{args.resume} stores no flags: the run continues with the flags given now')
+    return checkpoint
+
+
+def _run_dir(args: argparse.Namespace) -> str:
+    """The run folder; refuses, before any work, a named folder that exists and is not the one being resumed."""
+    root = args.output or os.path.join('output', 'train')
+    if args.resume:
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        named = os.path.join(root, args.experiment or os.path.basename(run_dir))
+        if (args.output or args.experiment) and os.path.realpath(named) != os.path.realpath(run_dir):
+            raise ValueError(f'--resume continues the run in its own folder {run_dir}, but --output/--experiment '
+                             f'name {named}: drop them (--fork starts a new run from a checkpoint)')
+        return run_dir
+    if args.experiment:
+        run_dir = os.path.join(root, args.experiment)
+        if os.path.exists(run_dir):
+            raise ValueError(f'run folder {run_dir} already exists and holds another run\'s results: choose another '
+                             f'--experiment, or continue that run with --resume {run_dir}')
+        return run_dir
+    name = f'{time.strftime("%Y%m%d-%H%M%S")}-{args.model}-{args.dataset}'.replace('/', '_').replace(':', '_')
+    return os.path.join(root, name)
+
+
+def _create_run_dir(run_dir: str, args: argparse.Namespace) -> str:
+    """Create the run folder atomically, so that no two runs share it; a default name gets a free ``-<n>`` suffix."""
+    if args.resume:
+        return run_dir
+    os.makedirs(os.path.dirname(run_dir) or '.', exist_ok=True)
+    for n in range(1000):
+        candidate = run_dir if n == 0 else f'{run_dir}-{n}'
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            if args.experiment:  # created by another run since _run_dir checked it
+                raise ValueError(f'run folder {run_dir} was just created by another run: choose another '
+                                 f'--experiment') from None
+    raise ValueError(f'no free run folder name {run_dir}-<n>; pass --experiment')
+
+
+def _truncate_summary(path: str, start_epoch: int) -> None:
+    """Drop ``summary.csv`` rows from ``start_epoch`` on: a kill after the summary line but before its checkpoint, or
+    a resume from an earlier checkpoint, would otherwise leave those epochs twice."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline='') as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if int(r['epoch']) < start_epoch]
+    with open(path + '.partial', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + '.partial', path)
+
+
 def _resolve_defaults(args: argparse.Namespace) -> None:
     """Fill the flags left unset: the loss by head (LDAM + DRW where the cosine classifier is used, CE otherwise),
     the RSG CIFAR recipe's epoch milestones (LR decay from 159/179, DRW from 160, generation after 159 of 200)
@@ -212,7 +331,8 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
                                                                    else "; timm.list_models('*name*') lists them"))
     # LDAM multiplies the logits by s = 30, meant for a cosine head's [-1, 1]; on a linear head it diverges
     if args.cosine_classifier is None:
-        args.cosine_classifier = backbone_arch(args.model).startswith('cifar_resnet') and args.loss in (None, 'ldam')
+        args.cosine_classifier = supports_cosine_classifier(args.model) and (
+            args.loss == 'ldam' or (args.loss is None and backbone_arch(args.model).startswith('cifar_resnet')))
     if args.loss is None:
         args.loss = 'ldam' if args.cosine_classifier else 'ce'
     if args.reweight is None:
@@ -231,9 +351,12 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         args.drw_epoch = late
     if args.drs_epoch is None:
         args.drs_epoch = late
-    is_rsg = backbone_arch(args.model) != timm.models.get_arch_name(args.model)
+    is_rsg = is_rsg_model(args.model)
     if is_rsg and args.rsg_epoch_thresh is None:
         args.rsg_epoch_thresh = max(late - 1, 0)
+    if args.select_on == 'val' and args.val_split == args.test_split:
+        raise SystemExit(f'--select-on val picks the epoch on --val-split and tests it on --test-split, but both are '
+                         f'{args.val_split!r}: pass --val-split val (a split apart from the test split)')
     given = [f'--{k.replace("_", "-")}' for k in RSG_FLAGS if getattr(args, k) is not None]
     if given and not is_rsg:
         raise SystemExit(f'{", ".join(given)} need an rsg_* model; --model {args.model} has no RSG')
@@ -242,13 +365,25 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
 def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> torch.nn.Module:
     kwargs = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
     kwargs.update({k: getattr(args, k) for k in RSG_FLAGS if getattr(args, k) is not None})
-    if args.cosine_classifier:  # resolved in _resolve_defaults
-        if not backbone_arch(args.model).startswith('cifar_resnet'):
-            raise SystemExit(f'--cosine-classifier is available for the CIFAR ResNets, not {args.model}')
+    cifar_family = backbone_arch(args.model).startswith('cifar_resnet')
+    has_cosine = supports_cosine_classifier(args.model)
+    cosine = args.cosine_classifier  # resolved in _resolve_defaults
+    if cosine and not has_cosine:
+        raise SystemExit(f'--cosine-classifier is available for the CIFAR and timm ResNet families, not {args.model}')
+    if cosine and cifar_family:
         kwargs['use_norm'] = True
+    if getattr(args, 'official_init', False):  # absent from the args of checkpoints older than the flag (--fork)
+        if cifar_family or not has_cosine:
+            raise SystemExit(f'--official-init is for the timm ResNet family (the CIFAR ResNets already follow the '
+                             f'official init), not {args.model}')
+        kwargs['zero_init_last'] = False
+        if is_rsg_model(args.model):
+            kwargs['rsg_init'] = 'backbone'
     kwargs = {k: v for k, v in dict(kwargs, **args.model_kwargs).items() if v is not None}
     model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
-    if hasattr(model, 'set_class_counts'):
+    if cosine and not cifar_family:  # timm's entrypoints take no cosine option: swap the built head
+        set_cosine_classifier(model)
+    if is_rsg_model(model):
         model.set_class_counts(class_counts)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -321,9 +456,8 @@ class _RunState:
         return state
 
 
-def _resume(path: str, model, optimizer, loss_scaler, class_counts, restore_optimizer: bool) -> int:
+def _resume(checkpoint: dict, path: str, model, optimizer, loss_scaler, class_counts, restore_optimizer: bool) -> int:
     """Restore model (RSG included), optimizer, AMP scaler and RNG; returns the epoch to start from."""
-    checkpoint = load_training_checkpoint(path)
     if checkpoint.get(CLASS_COUNTS_KEY) not in (None, list(class_counts)):
         raise SystemExit(f'{path} was trained on class counts {checkpoint[CLASS_COUNTS_KEY]}, not {class_counts}: '
                          f'resume with the same dataset flags')
@@ -369,7 +503,13 @@ def main(argv=None) -> dict:
     setup_default_logging()
     logging.getLogger('timm.utils.checkpoint_saver').addFilter(_drop_checkpoint_list)
     args = _parse_args(argv)
+    if args.resume and args.fork:
+        raise SystemExit('--resume continues a run in its own folder, --fork starts a new one: pass one of them')
+    checkpoint = _load_resume(args, argv) if args.resume else None
+    if args.imb_type is None:
+        args.imb_type = default_imb_type(args.dataset)
     _resolve_defaults(args)
+    output_dir = _run_dir(args)
     device = init_distributed_device(args)
     if device.type == 'cpu':
         # Once trained, RSG's generation phase produces denormal floats; without flushing them a CPU step took
@@ -383,6 +523,10 @@ def main(argv=None) -> dict:
                      download=args.dataset_download)
     train_set = create_lt_dataset(args.dataset, args.data_dir, split=args.train_split, is_training=True, **lt_kwargs)
     eval_set = create_lt_dataset(args.dataset, args.data_dir, split=args.val_split, is_training=False, **lt_kwargs)
+    if args.check_data:
+        for dataset in (train_set, eval_set):
+            if hasattr(dataset, 'check_images'):  # in-memory arrays were checked when they were read
+                dataset.check_images()
     class_counts, label_names = list(train_set.class_counts), list(train_set.classes)
     if args.num_classes is not None and args.num_classes != len(class_counts):
         raise SystemExit(f'--num-classes {args.num_classes} but {args.dataset} has {len(class_counts)} classes')
@@ -408,10 +552,9 @@ def main(argv=None) -> dict:
     reweight = create_reweight(args.reweight, class_counts, beta=args.cb_beta, drw_epoch=args.drw_epoch)
 
     start_epoch = 0
-    if args.resume and args.fork:
-        raise SystemExit('--resume continues a run in its own folder, --fork starts a new one: pass one of them')
     if args.resume:
-        start_epoch = _resume(args.resume, model, optimizer, loss_scaler, class_counts, not args.no_resume_opt)
+        start_epoch = _resume(checkpoint, args.resume, model, optimizer, loss_scaler, class_counts,
+                              not args.no_resume_opt)
     elif args.fork:
         start_epoch = _fork(args.fork, model, optimizer, class_counts)
     if start_epoch:
@@ -420,21 +563,18 @@ def main(argv=None) -> dict:
     if args.distributed:  # RSG trains different parameters in each phase, so some are unused in a step
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == 'cuda' else None,
-            find_unused_parameters=hasattr(model, 'rsg'))
+            find_unused_parameters=is_rsg_model(model))
 
     run = _RunState(model, class_counts, label_names)
-    saver, output_dir = None, ''
+    saver = None
     if is_primary(args):
-        experiment = args.experiment or (os.path.basename(os.path.dirname(os.path.abspath(args.resume)))
-                                         if args.resume else f'{time.strftime("%Y%m%d-%H%M%S")}-{args.model}-'
-                                                             f'{args.dataset}')
-        output_dir = os.path.join(args.output or os.path.join('output', 'train'), experiment)
-        os.makedirs(output_dir, exist_ok=True)
-        saver = CheckpointSaver(model, optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
-                                recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
-                                max_history=args.checkpoint_hist, task=run)
+        output_dir = _create_run_dir(output_dir, args)
+        saver = RunCheckpointSaver(model, optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
+                                   recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
+                                   max_history=args.checkpoint_hist, task=run)
         if args.resume:
-            saver.load_state_dict_from_checkpoint(args.resume)
+            saver.restore(checkpoint, args.resume)
+            _truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
             # the resolved flags only (not the distributed bookkeeping), so the file works as a --config
             names = _arg_names(_build_parser())
@@ -442,6 +582,7 @@ def main(argv=None) -> dict:
         _logger.info(f'{args.model} on {args.dataset}: {len(train_set)} training images, class counts '
                      f'{class_counts}; writing to {output_dir}')
         _logger.info(_describe_run(args, model, device, amp_dtype))
+    checkpoint = None  # the resumed state is in place; free its tensors
 
     progress = is_primary(args) and not args.no_progress and sys.stderr.isatty()
     num_updates = start_epoch * len(train_loader)
@@ -482,14 +623,26 @@ def main(argv=None) -> dict:
 
     if saver is None or evaluator is None:
         return eval_metrics
-    # the deployable result: the last epoch's backbone (selecting an epoch on the test split would flatter it)
+    selected = 'last epoch'
+    if args.select_on == 'val':  # the best epoch on the val split, tested on the test split (the official protocol)
+        model.load_state_dict(load_training_checkpoint(os.path.join(output_dir, 'model_best.pth.tar'))['state_dict'])
+        test_set = create_lt_dataset(args.dataset, args.data_dir, split=args.test_split, is_training=False,
+                                     **lt_kwargs)
+        test_loader = create_lt_loader(test_set, batch_size=args.validation_batch_size or args.batch_size,
+                                       is_training=False, **loader_kwargs)
+        eval_metrics, evaluator = evaluate(
+            model, test_loader, device=device, num_classes=len(class_counts), class_counts=class_counts,
+            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress)
+        selected = f'epoch {saver.best_epoch}, best {args.eval_metric} on {args.val_split}, tested on {args.test_split}'
+    # the deployable result: the last (or best-val) epoch's backbone; an epoch selected on the test split would flatter
     save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
                     data_config=data_config)
     evaluator.per_class().to_csv(os.path.join(output_dir, 'per_class.csv'), index=False)
     plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
     plot_training_curves(os.path.join(output_dir, 'summary.csv'), os.path.join(output_dir, 'curves.png'))
-    result = dict(eval_metrics, best_metric=saver.best_metric, best_epoch=saver.best_epoch, output_dir=output_dir)
-    _logger.info('final (last epoch): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
+    result = dict(eval_metrics, selected=selected, best_metric=saver.best_metric, best_epoch=saver.best_epoch,
+                  output_dir=output_dir)
+    _logger.info(f'final ({selected}): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
                                                                          'ece'))
                  + f' | best {args.eval_metric} {saver.best_metric:.2f} at epoch {saver.best_epoch}')
     _logger.info('checkpoints (by ' + args.eval_metric + '): '

@@ -47,7 +47,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dataset-download', action='store_true', help='let torchvision download CIFAR')
     parser.add_argument('--imb-type', default=None, choices=('exp', 'step', 'none'),
                         help='training profile, used for many/medium/few when the model does not carry counts '
-                             '(default: the recorded one, else exp)')
+                             '(default: the recorded one, else exp for CIFAR-LT and none, the data as it is, '
+                             'otherwise)')
     parser.add_argument('--imb-factor', type=float, default=None, help='(default: the recorded one, else 0.01)')
     parser.add_argument('--imb-select', default=None, choices=('first', 'shuffle'),
                         help='(default: the recorded one, else first)')
@@ -121,7 +122,7 @@ def _resolve_dataset(args: argparse.Namespace, record: dict) -> None:
     elif recorded is not None and recorded != args.dataset:
         _logger.warning(f'{args.model} was trained on {recorded}; evaluating it on {args.dataset}')
     same = args.dataset == recorded
-    for key, default in (('imb_type', 'exp'), ('imb_factor', 0.01), ('imb_select', 'first')):
+    for key, default in (('imb_type', None), ('imb_factor', 0.01), ('imb_select', 'first')):  # None: by dataset
         if getattr(args, key) is None:
             setattr(args, key, record.get(key, default) if same else default)
     if args.data_dir is None and same and record.get('data_dir') and os.path.exists(record['data_dir']):

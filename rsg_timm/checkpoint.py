@@ -1,5 +1,6 @@
 """Training checkpoints: what they carry beyond timm's (class counts, label names, the backbone to rebuild, RNG
-state), reading them with clear errors, and building an evaluation model from a checkpoint or an export.
+state), writing them so that no kill or full disk loses the last one, reading them with clear errors, and building an
+evaluation model from a checkpoint or an export.
 
 Only plain Python containers and tensors go into a checkpoint, so ``torch.load(weights_only=True)`` reads it.
 """
@@ -7,22 +8,31 @@ import argparse
 import json
 import logging
 import os
+import pickle
+import shutil
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from timm.models import clean_state_dict
+from timm.models.resnet import ResNet
+from timm.utils import CheckpointSaver
 
-from .data.constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
-from .models import backbone_arch
+from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
+from .models import COSINE_CLASSIFIER_KEY, backbone_arch, has_cosine_classifier, is_rsg_model, linear_to_cosine, \
+    set_cosine_classifier
 
-__all__ = ['CheckpointError', 'checkpoint_extras', 'load_training_checkpoint', 'fork_training_state', 'create_eval_model',
-           'RSG_KEY_PREFIX']
+__all__ = ['CheckpointError', 'RunCheckpointSaver', 'checkpoint_extras', 'find_resume_checkpoint',
+           'fork_training_state', 'load_training_checkpoint', 'create_eval_model', 'LAST_CHECKPOINT',
+           'TMP_CHECKPOINT']
 
 _logger = logging.getLogger(__name__)
 
-RSG_KEY_PREFIX = 'rsg.'
+# timm's CheckpointSaver names: every save goes to TMP_CHECKPOINT first, then replaces LAST_CHECKPOINT.
+LAST_CHECKPOINT = 'last.pth.tar'
+TMP_CHECKPOINT = 'tmp.pth.tar'
 
 
 class CheckpointError(RuntimeError):
@@ -45,25 +55,137 @@ def checkpoint_extras(
                                 or dict(getattr(model, '_model_args', {}), num_classes=model.num_classes)),
         'rng_state': torch.get_rng_state(),
     }
+    if isinstance(model, ResNet) and has_cosine_classifier(model):  # set after creation, so not in the kwargs
+        extras[COSINE_CLASSIFIER_KEY] = True
     return extras
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [''])[0][:200]
 
 
 def load_training_checkpoint(path: str) -> Dict[str, Any]:
     """Read a checkpoint file (weights only), naming the file when it is missing, corrupt or not a checkpoint."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f'checkpoint {path!r} is empty (0 bytes): it was never written; use another checkpoint')
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):  # timm's train checkpoints store their args
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'Weights only load failed' not in str(e):
+            raise CheckpointError(f'cannot read checkpoint {path!r}: it is corrupt ({_first_line(e)})') from e
+        # torch's text advises weights_only=False; the point here is the opposite: the file holds code
+        blocked = [line.strip() for line in str(e).splitlines() if 'GLOBAL' in line]
+        raise CheckpointError(
+            f'{path!r} was NOT loaded: besides tensors it holds Python objects that would run code when unpickled '
+            f'({blocked[0] if blocked else "unsupported global"}). A checkpoint needs none; do not load this file '
+            f'unless you know who made it and why.') from None
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f'cannot read checkpoint {path!r}: it is corrupt or not a PyTorch checkpoint '
-                              f'({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})') from e
+                              f'({type(e).__name__}: {_first_line(e)})') from e
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'{path!r} holds a {type(checkpoint).__name__}, not a checkpoint dict')
     if 'state_dict' not in checkpoint:  # a bare state_dict
         checkpoint = {'state_dict': checkpoint}
     checkpoint['state_dict'] = clean_state_dict(checkpoint['state_dict'])
     return checkpoint
+
+
+def find_resume_checkpoint(path: str) -> str:
+    """The checkpoint ``--resume PATH`` means: a file as given, or a run folder's ``last.pth.tar``.
+
+    A run killed between writing ``tmp.pth.tar`` and moving it into place (timm's saver, before rsg_timm replaced
+    ``last.pth.tar`` in one step) may hold only a complete ``tmp.pth.tar``; it is checked and moved into place.
+    """
+    run_dir = path if os.path.isdir(path) else None
+    if run_dir is None and os.path.basename(path) == LAST_CHECKPOINT and not os.path.exists(path):
+        run_dir = os.path.dirname(path) or '.'
+    if run_dir is None:
+        return path
+    last, tmp = os.path.join(run_dir, LAST_CHECKPOINT), os.path.join(run_dir, TMP_CHECKPOINT)
+    if os.path.isfile(last):
+        return last
+    if not os.path.isfile(tmp):
+        raise FileNotFoundError(f'{run_dir!r} holds no {LAST_CHECKPOINT}: it is not a run folder, or the run stopped '
+                                f'before its first checkpoint (start it again under another --experiment)')
+    try:
+        load_training_checkpoint(tmp)
+    except CheckpointError as e:
+        raise CheckpointError(f'{run_dir!r} holds no {LAST_CHECKPOINT}, and its {TMP_CHECKPOINT} is incomplete (the '
+                              f'run was killed while writing it): resume from a checkpoint-<epoch>.pth.tar there, '
+                              f'or start again. ({e})') from None
+    os.replace(tmp, last)
+    _logger.warning(f'{last} was missing; recovered it from the complete {TMP_CHECKPOINT} left by an interrupted save')
+    return last
+
+
+class RunCheckpointSaver(CheckpointSaver):
+    """timm's ``CheckpointSaver``, with nothing lost to a kill or a full disk.
+
+    * ``last.pth.tar``, ``model_best.pth.tar`` and ``checkpoint-<epoch>.pth.tar`` are each replaced by one
+      ``os.replace`` (timm unlinks the old file first, so a kill in between leaves none);
+    * a failed write (a full disk) removes the partial file, keeps the previous checkpoint, and says where and why;
+    * :meth:`restore` also redoes the numbered copy and the best-epoch record of the checkpoint it resumes from,
+      when a kill came after ``last.pth.tar`` was written but before they were.
+    """
+
+    def _replace(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def _duplicate(self, src: str, dst: str) -> None:
+        partial = dst + '.partial'
+        if os.path.exists(partial):
+            os.remove(partial)
+        try:
+            os.link(src, partial)
+        except OSError:
+            shutil.copy2(src, partial)
+        os.replace(partial, dst)
+
+    def _save(self, save_path: str, epoch: int, metric: Optional[float] = None) -> None:
+        try:
+            super()._save(save_path, epoch, metric)
+        except (OSError, RuntimeError) as e:
+            if os.path.exists(save_path):
+                os.remove(save_path)
+            folder = os.path.dirname(os.path.abspath(save_path))
+            free_mb = shutil.disk_usage(folder).free / 2 ** 20
+            raise CheckpointError(
+                f'could not write the epoch {epoch} checkpoint to {folder} ({free_mb:.0f} MB free: is the disk '
+                f'full?); the partial file was removed and the previous {LAST_CHECKPOINT} is kept. Free space, then '
+                f'--resume {folder}. ({type(e).__name__}: {_first_line(e)})') from e
+
+    def save_checkpoint(self, epoch: int, metric: Optional[float] = None) -> Tuple[Optional[float], Optional[int]]:
+        tmp = os.path.join(self.checkpoint_dir, TMP_CHECKPOINT)
+        self._save(tmp, epoch, metric)
+        self._replace(tmp, os.path.join(self.checkpoint_dir, LAST_CHECKPOINT))
+        self._retain(epoch, metric)
+        return (None, None) if self.best_metric is None else (self.best_metric, self.best_epoch)
+
+    def _retain(self, epoch: int, metric: Optional[float]) -> None:
+        """Copy ``last.pth.tar`` to ``checkpoint-<epoch>`` when it earns a place in the history (timm's ranking)."""
+        if len(self.checkpoint_files) >= self.max_history:
+            worst = self.checkpoint_files[-1][1]
+            if worst is not None and (metric is None or not self.cmp(metric, worst)):
+                return
+            self._cleanup_checkpoints(1)
+        path = self._checkpoint_path(epoch)
+        self._duplicate(os.path.join(self.checkpoint_dir, LAST_CHECKPOINT), path)
+        self._track_checkpoint(path, epoch, metric)
+
+    def restore(self, checkpoint: Dict[str, Any], path: str) -> None:
+        """Continue the history and best-epoch record stored in ``checkpoint`` (read from ``path``)."""
+        state = checkpoint.get('saver')
+        if state is None:
+            _logger.warning(f'{path} has no checkpoint history; ranked checkpoints start afresh')
+            return
+        self.load_state_dict(state)
+        epoch, metric = state.get('pending', (None, None))
+        resumed_last = os.path.abspath(path) == os.path.abspath(os.path.join(self.checkpoint_dir, LAST_CHECKPOINT))
+        if resumed_last and epoch is not None and not os.path.exists(self._checkpoint_path(epoch)):
+            self._retain(epoch, metric)
 
 
 def fork_training_state(
@@ -111,13 +233,20 @@ def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dic
         path = hf_hub_download(repo_id, 'config.json', revision=revision, cache_dir=cache_dir)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{model_name}: no config.json at {path!r}; is this an exported model folder?')
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f'{path!r} is not valid JSON ({e}); re-export the model (rsg_timm.export.'
+                              f'save_pretrained) or restore the file') from None
+    if not isinstance(config, dict) or not isinstance(config.get('architecture'), str):
+        raise CheckpointError(f'{path!r} names no "architecture": it is not a timm export config.json')
+    return config
 
 
 def _load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str, arch: str) -> None:
     """Load ``state_dict`` strictly, dropping RSG keys when ``model`` has no RSG, with an error naming the mismatch."""
-    if not hasattr(model, 'rsg'):
+    if not is_rsg_model(model):
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(RSG_KEY_PREFIX)}
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
@@ -154,7 +283,18 @@ def create_eval_model(
     """
     if model_name.startswith(('local-dir:', 'hf-hub:')):
         config = _read_export_config(model_name, cache_dir=kwargs.get('cache_dir'))
-        model = timm.create_model(model_name, pretrained=True, **kwargs)
+        try:
+            model = timm.create_model(model_name, pretrained=True, **kwargs)
+        except (RuntimeError, SafetensorError) as e:
+            # the weights file is unreadable or does not fit the architecture that config.json names
+            raise CheckpointError(f'{model_name}: its model.safetensors does not load as the {config["architecture"]} '
+                                  f'its config.json names ({type(e).__name__}: {_first_line(e)}); re-export '
+                                  f'the model') from None
+        except TypeError as e:  # config.json's model_args belong to another architecture
+            raise CheckpointError(f'{model_name}: its config.json does not fit {config["architecture"]} '
+                                  f'({_first_line(e)}); re-export the model') from None
+        if config.get(COSINE_CLASSIFIER_KEY):
+            linear_to_cosine(model)  # the export's linear fc stands for a cosine head: restore its logits
         return model, config.get(CLASS_COUNTS_KEY), config.get(LABEL_NAMES_KEY) or config.get('label_names')
 
     if not checkpoint_path:
@@ -174,5 +314,7 @@ def create_eval_model(
     if num_classes is not None:
         create_kwargs['num_classes'] = num_classes
     model = timm.create_model(model_name, **create_kwargs)
+    if checkpoint.get(COSINE_CLASSIFIER_KEY):
+        set_cosine_classifier(model)
     _load_weights(model, checkpoint['state_dict'], repr(checkpoint_path), model_name)
     return model, checkpoint.get(CLASS_COUNTS_KEY), checkpoint.get(LABEL_NAMES_KEY)

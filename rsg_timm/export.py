@@ -4,8 +4,11 @@ RSG only acts during training, so the export is the backbone alone (``cifar_resn
 ``config.json`` names that backbone: an ImageNet-family export loads in plain timm without rsg_timm, while a CIFAR
 export needs ``import rsg_timm`` (which registers ``cifar_resnet*``). The folder loads with
 ``timm.create_model('local-dir:DIR', pretrained=True)`` or, once uploaded, ``'hf-hub:ORG/NAME'``. Training class
-counts and label names travel in ``config.json`` (``class_counts``, ``label_names``). Nothing here touches the
-network; ``hub.py`` moves such folders.
+counts and label names travel in ``config.json`` (``class_counts``, ``label_names``). A timm ResNet with a cosine
+(LDAM) classifier is written with timm's linear ``fc`` (normalised class vectors, zero bias) and
+``"cosine_classifier": true``: plain timm predicts the same classes with logits scaled by the feature norm, and
+``rsg_timm.checkpoint.create_eval_model`` (``validate.py``) restores the cosine logits (``models/classifier.py``
+says why). Nothing here touches the network; ``hub.py`` moves such folders.
 """
 import copy
 import json
@@ -20,9 +23,12 @@ import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
 from timm.models import save_for_hf
+from timm.models.resnet import ResNet
 
-from .data.constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
-from .models.rsg_model import RSGMixin
+from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
+from .models import is_rsg_model
+from .models.classifier import COSINE_CLASSIFIER_KEY, cosine_to_linear, has_cosine_classifier, \
+    set_cosine_classifier
 
 __all__ = ['strip_rsg', 'save_pretrained', 'load_class_counts']
 
@@ -34,10 +40,12 @@ def strip_rsg(model: nn.Module) -> nn.Module:
 
     Its eval logits equal the RSG model's. Any other model (already a plain backbone) is returned unchanged.
     """
-    if not isinstance(model, RSGMixin):
+    if not is_rsg_model(model):
         return model
     backbone = timm.create_model(model.backbone_name, **model.backbone_kwargs)
-    backbone.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('rsg.')})
+    if isinstance(backbone, ResNet) and has_cosine_classifier(model):
+        set_cosine_classifier(backbone)
+    backbone.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(RSG_KEY_PREFIX)})
     # Keep the data config the model was trained with; the architecture is now the backbone (the tag named the
     # weights the RSG model started from, which these are not).
     cfg = dict(model.pretrained_cfg, architecture=model.backbone_name)
@@ -83,6 +91,9 @@ def save_pretrained(
     if class_counts is None:
         class_counts = getattr(model, 'rsg_class_counts', None)
     model_config = {}
+    if isinstance(backbone, ResNet) and has_cosine_classifier(backbone):
+        cosine_to_linear(backbone)  # timm's own head, so plain timm loads it (same argmax, see the module doc)
+        model_config[COSINE_CLASSIFIER_KEY] = True
     for key, values in ((CLASS_COUNTS_KEY, class_counts), (LABEL_NAMES_KEY, label_names)):
         values = _per_class(values, key, backbone.num_classes)
         if values is not None:

@@ -4,7 +4,8 @@
 backbone (``model.safetensors`` + timm's ``config.json`` with class counts and label names; re-exported from
 ``last.pth.tar`` when the run has none), a model card ``README.md`` and the run's records (``args.yaml`` without
 machine-specific paths, ``summary.csv``, ``per_class.csv``) in a temporary folder, then uploads that folder with
-``huggingface_hub.HfApi``. ``--dry-run OUT_DIR`` writes the staged files to OUT_DIR instead and touches no network.
+``huggingface_hub.HfApi``. ``--dry-run OUT_DIR`` writes the staged files to OUT_DIR (new or empty, so nothing there is
+overwritten and it holds exactly what a push uploads) instead and touches no network.
 The result loads with ``timm.create_model('hf-hub:ORG/NAME', pretrained=True)`` and
 ``python validate.py --model hf-hub:ORG/NAME``.
 
@@ -24,6 +25,8 @@ from typing import List, Optional, Union
 
 import yaml
 from huggingface_hub import HfApi
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
 from timm.data import resolve_data_config
 from timm.models import model_entrypoint
 
@@ -47,9 +50,21 @@ _PACKAGE = __package__  # 'rsg_timm', also under python -m
 PathLike = Union[str, os.PathLike]
 
 
-def _check_repo_id(repo_id: str) -> None:
+def _check_repo_id(repo_id: str, flag: str = '--repo-id') -> None:
+    """The Hub's own rules, so a dry run refuses what a push would."""
     if repo_id.count('/') != 1 or not all(repo_id.split('/')):
-        raise ValueError(f'--repo-id {repo_id!r}: pass ORG/NAME (timm loads hf-hub:ORG/NAME)')
+        raise ValueError(f'{flag} {repo_id!r}: pass ORG/NAME (timm loads hf-hub:ORG/NAME)')
+    validate_repo_id(repo_id)  # HFValidationError, a ValueError naming the rule
+
+
+def _check_safetensors(path: Path) -> None:
+    """Fail unless ``path`` is a readable safetensors file (a renamed pickle would fail only when the tag loads)."""
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f'{path} is not a safetensors file ({e}); re-export the run (train.py writes it, or '
+                         f'`python -m rsg_timm.hub push RUN_DIR --repo-id ORG/NAME --dry-run DIR`)') from None
 
 
 def _export_backbone(run_dir: Path, out_dir: Path) -> None:
@@ -125,8 +140,12 @@ def push_to_hub(
     """
     _check_repo_id(repo_id)
     if dry_run_dir is not None:
+        if os.path.isdir(dry_run_dir) and os.listdir(dry_run_dir):
+            raise ValueError(f'--dry-run {dry_run_dir} is not empty: stage into another folder, a new or empty one, so '
+                             f'that nothing there is overwritten and it holds exactly what a push uploads')
         out = export_run(run_dir, dry_run_dir, repo_id=repo_id)
-        _logger.info(f'Dry run: staged {sorted(os.listdir(out))} in {out}; nothing uploaded')
+        files = ', '.join(f'{name} ({os.path.getsize(out / name)} bytes)' for name in sorted(os.listdir(out)))
+        _logger.info(f'Dry run: a push to {repo_id} uploads exactly these files, staged in {out}: {files}')
         return str(out)
     with tempfile.TemporaryDirectory(prefix='rsg-timm-hub-') as staging:
         export_run(run_dir, staging, repo_id=repo_id)
@@ -161,6 +180,10 @@ def main(argv: Optional[List[str]] = None) -> str:
     if args.command == 'push':
         return push_to_hub(args.run_dir, args.repo_id, private=args.private, dry_run_dir=args.dry_run,
                            token=args.token, commit_message=args.commit_message)
+    if args.hf_hub_id is not None:
+        _check_repo_id(args.hf_hub_id, '--hf-hub-id')
+    if Path(args.run_dir, 'model.safetensors').is_file():
+        _check_safetensors(Path(args.run_dir, 'model.safetensors'))
     name, entry = add_pretrained(args.run_dir, args.tag, args.hf_hub_id, notes=args.note, replace=args.replace)
     return f'{name} added to {PRETRAINED_DIR / "tags.json"}:\n{json.dumps(entry, indent=2)}'
 

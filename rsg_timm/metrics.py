@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .data.constants import FEW_SHOT_MAX, MANY_SHOT_MIN
+from .constants import FEW_SHOT_MAX, MANY_SHOT_MIN
 from .losses import ClassCounts
 
 __all__ = [

@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import pandas as pd
 import yaml
 
-from .data.constants import CLASS_COUNTS_KEY, FEW_SHOT_MAX, MANY_SHOT_MIN
+from .constants import CLASS_COUNTS_KEY, FEW_SHOT_MAX, MANY_SHOT_MIN
 from .metrics import shot_split
+from .models import is_rsg_model
 
 __all__ = ['TrainingRun', 'read_run', 'create_model_card', 'markdown_table', 'RSG_BIBTEX']
 
@@ -122,7 +123,7 @@ def _method(args: Dict[str, Any]) -> str:
         parts.append(str(args['reweight']).upper())
     if args.get('sampler') not in (None, 'instance'):
         parts.append(f'{args["sampler"]} sampling')
-    if str(args.get('model', '')).startswith('rsg_'):
+    if is_rsg_model(str(args.get('model', ''))):
         parts.append('RSG')
     return ' + '.join(parts)
 
@@ -259,8 +260,8 @@ def create_model_card(run: TrainingRun, config: Dict[str, Any], repo_id: str, ne
         '',
         markdown_table(['setting', 'value'], recipe),
         '',
-        'Flags not listed kept their defaults' + (' (for RSG: the paper\'s settings).' if args.get('model', '')
-                                                  .startswith('rsg_') else '.'),
+        'Flags not listed kept their defaults' + (' (for RSG: the paper\'s settings).'
+                                                  if is_rsg_model(str(args.get('model', ''))) else '.'),
         '',
         '## Training data',
         '',

@@ -12,8 +12,12 @@ vectors), including its quirks, with changes that do not alter the maths:
 * the contrastive module is frozen after the threshold by running it with detached weights, so
   ``requires_grad`` never changes and DistributedDataParallel keeps a stable parameter set.
 
-The only host synchronisation is reading the head/tail counts, which fix the number of generated samples.
+The only host synchronisation is reading the head/tail counts, which fix the number of generated samples; the labels'
+range is asserted on the device. Every argument is checked when the module is built, not epochs later when generation
+starts.
 """
+import math
+import numbers
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -55,6 +59,12 @@ def _mean_of_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     window_sums = torch.stack([x[:, :, r, c].sum(dim=(2, 3)) for r in rows for c in cols], dim=1)  # [P, 9, D_in]
     taps = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # [D_out, 9 * D_in], same (tap, channel) order
     return F.linear(window_sums.flatten(1), taps, bias * (H * W)) / (H * W)
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f'RSG: {name} must be an integer >= {minimum}, got {value!r}')
+    return int(value)
 
 
 def plan_mv_pairs(
@@ -113,14 +123,20 @@ class RSG(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         if len(feature_maps_shape) != 3:
             raise ValueError(f'feature_maps_shape must be [C, H, W], got {list(feature_maps_shape)}')
-        if transfer_strength <= 0:
-            raise ValueError(f'transfer_strength must be > 0, got {transfer_strength}')
-        self.C, self.H, self.W = (int(v) for v in feature_maps_shape)
-        self.num_classes = num_classes
-        self.n_center = n_center
-        self.contrastive_module_dim = contrastive_module_dim
+        self.C, self.H, self.W = (_check_int(f'feature_maps_shape[{i}]', v) for i, v in enumerate(feature_maps_shape))
+        # 0 classes: timm's reset_classifier(0) (a feature extractor), which the rsg_* wrapper never trains
+        self.num_classes = _check_int('num_classes', num_classes, minimum=0)
+        self.n_center = _check_int('n_center (--rsg-n-center)', n_center)
+        self.contrastive_module_dim = _check_int('contrastive_module_dim (--rsg-contrastive-dim)',
+                                                 contrastive_module_dim)
+        if isinstance(transfer_strength, bool) or not isinstance(transfer_strength, numbers.Real) \
+                or not math.isfinite(transfer_strength) or transfer_strength <= 0:
+            raise ValueError(f'RSG: transfer_strength (--rsg-strength) must be a finite number > 0, '
+                             f'got {transfer_strength!r}')
+        if isinstance(epoch_thresh, bool) or not isinstance(epoch_thresh, numbers.Integral):
+            raise ValueError(f'RSG: epoch_thresh (--rsg-epoch-thresh) must be an integer epoch, got {epoch_thresh!r}')
         self.strength = float(transfer_strength)
-        self.epoch_thresh = epoch_thresh
+        self.epoch_thresh = int(epoch_thresh)
         C, K, D = self.C, n_center, contrastive_module_dim
 
         # Names and shapes follow the official module so its state_dict loads as is.
@@ -163,8 +179,12 @@ class RSG(nn.Module):
         self.head_mask.copy_(self._head_mask(head_class_lists, self.head_mask.device))
 
     def _head_mask(self, head_class_lists: Union[Sequence[int], torch.Tensor], device) -> torch.Tensor:
-        ids = torch.as_tensor(list(head_class_lists) if not torch.is_tensor(head_class_lists) else head_class_lists,
-                              dtype=torch.long)
+        values = head_class_lists if torch.is_tensor(head_class_lists) else torch.as_tensor(list(head_class_lists))
+        if values.dtype == torch.bool:
+            raise ValueError('head_class_lists takes class ids, not a boolean mask; pass mask.nonzero().flatten()')
+        if values.numel() and (values.is_floating_point() or values.is_complex()):
+            raise ValueError(f'head_class_lists must hold integer class ids, got {values.dtype}')
+        ids = values.long().flatten()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_classes):
             raise ValueError(f'head class ids must lie in [0, {self.num_classes}), got {ids.tolist()}')
         mask = torch.zeros(self.num_classes, dtype=torch.bool)
@@ -267,6 +287,17 @@ class RSG(nn.Module):
             raise ValueError(f'RSG expects feature maps [B, {self.C}, H, W], got {list(feature_maps.shape)}')
         if target.shape != feature_maps.shape[:1]:
             raise ValueError(f'target must have shape [{feature_maps.shape[0]}], got {list(target.shape)}')
+        if target.dtype != torch.long:
+            raise ValueError(f'target must hold int64 class ids, got {target.dtype}; pass target.long()')
+        if target.device != feature_maps.device:
+            raise ValueError(f'target is on {target.device} but feature_maps on {feature_maps.device}; move them '
+                             f'to one device')
+        if target.device.type in ('cpu', 'cuda'):  # the devices with an _assert_async kernel
+            try:  # checked where the labels are, with no host sync; CUDA reports a failure as a device-side assert
+                torch._assert_async(((target >= 0) & (target < self.num_classes)).all(), 'labels out of range')
+            except RuntimeError:
+                raise ValueError(f'target holds labels outside [0, {self.num_classes}): '
+                                 f'{target.unique().tolist()}') from None
         head_mask = self.head_mask if head_class_lists is None else self._head_mask(head_class_lists,
                                                                                      target.device)
         g = feature_maps.detach()

@@ -1,16 +1,19 @@
-"""Test-wide set-up: no network, and the Hugging Face cache flags fixed before timm imports huggingface_hub."""
+"""Test-wide set-up (no network, the ``slow`` marker) and the fixtures shared by several test modules."""
 import os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
+
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import List, Optional  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import rsg_timm  # noqa: E402,F401  (registers the models)
 
-SHARED_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared'))
-TESTDATA_DIR = os.path.join(SHARED_DIR, 'testdata')
+from helpers import load_script, train_args, write_demo_npz  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,38 +30,41 @@ def _seed():
     torch.manual_seed(0)
 
 
-REPO_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-TINY_COUNTS = [40, 30, 20, 12, 8, 6, 5, 4, 3, 2]
-
-
-def load_script(relative_path: str):
-    """Import a repository script (``train.py``, ``benchmarks/reproduce.py``) as a module, by path."""
-    import importlib.util
-    name = '_script_' + relative_path.replace('/', '_').replace('.py', '')
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_DIR, relative_path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def write_demo_npz(path, counts=TINY_COUNTS, test_per_class: int = 8, seed: int = 0) -> str:
-    """A demo-format npz (``--dataset demo --data-dir PATH``): long-tailed 32x32 images whose colour depends on
-    the class, so a few steps can learn something."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    train_y = np.repeat(np.arange(len(counts)), counts)
-    test_y = np.repeat(np.arange(len(counts)), test_per_class)
-
-    def make(y):
-        return (rng.integers(0, 60, (len(y), 32, 32, 3)) + (y * 19)[:, None, None, None]).astype(np.uint8)
-
-    np.savez_compressed(path, train_images=make(train_y), train_labels=train_y, test_images=make(test_y),
-                        test_labels=test_y, classes=np.array([f'c{i}' for i in range(len(counts))]),
-                        class_counts=np.array(counts))
-    return str(path)
-
-
 @pytest.fixture(scope='session')
 def tiny_demo(tmp_path_factory):
     """130 long-tailed training images over 10 classes (``TINY_COUNTS``), 8 test images per class."""
     return write_demo_npz(tmp_path_factory.mktemp('data') / 'tiny_demo.npz')
+
+
+@dataclass
+class TrainedRun:
+    """A finished train.py run and what its criterion saw."""
+    dir: Path
+    result: dict
+    # per epoch, the class weight of every criterion call (None: unweighted)
+    class_weights: List[List[Optional[torch.Tensor]]] = field(default_factory=list)
+
+
+@pytest.fixture(scope='session')
+def trained_run(tiny_demo, tmp_path_factory):
+    """The one trained run the script, export and hub tests share: two epochs of rsg_resnet32 with LDAM-DRW, CESC
+    in epoch 0, generation and DRW in epoch 1. Records the class weight of every criterion call."""
+    train = load_script('train.py')
+    run = TrainedRun(dir=tmp_path_factory.mktemp('runs') / 'run', result={})
+
+    def create_loss(*args, **kwargs):
+        criterion = train_create_loss(*args, **kwargs)
+        criterion.register_forward_pre_hook(lambda module, inputs: run.class_weights[-1].append(
+            None if module.weight is None else module.weight.detach().clone()))
+        return criterion
+
+    def train_one_epoch(*args, **kwargs):
+        run.class_weights.append([])
+        return train_train_one_epoch(*args, **kwargs)
+
+    train_create_loss, train_train_one_epoch = train.create_loss, train.train_one_epoch
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, 'create_loss', create_loss)
+        patch.setattr(train, 'train_one_epoch', train_one_epoch)
+        run.result = train.main(train_args(tiny_demo, run.dir.parent, run.dir.name, '--rsg-epoch-thresh', '0'))
+    return run

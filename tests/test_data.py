@@ -12,11 +12,13 @@ from rsg_timm.data import (
     CifarBatchTransform, CifarLT, DemoLT, TensorBatchLoader, build_transform, create_lt_dataset, create_sampler,
     list_lt_datasets, long_tail_counts, select_long_tail,
 )
-from rsg_timm.data.constants import CIFAR10_MEAN, CIFAR10_STD, FEW_SHOT_MAX, MANY_SHOT_MIN
+from rsg_timm.constants import CIFAR10_MEAN, CIFAR10_STD, FEW_SHOT_MAX, MANY_SHOT_MIN
 
+# Real CIFAR-10 (170 MB) is not part of the repository; these few tests run where a copy sits beside it.
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
 needs_cifar = pytest.mark.skipif(
-    not os.path.isfile(os.path.join(SHARED_DATA, 'cifar10_train.npz')), reason='shared CIFAR-10 npz not present')
+    not os.path.isfile(os.path.join(SHARED_DATA, 'cifar10_train.npz')),
+    reason=f'real CIFAR-10 not found: needs {SHARED_DATA}/cifar10_train.npz and cifar10_test.npz')
 
 
 @pytest.fixture(scope='module')

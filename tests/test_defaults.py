@@ -8,7 +8,7 @@ import torch
 
 from rsg_timm.engine import DIVERGED_CE, DivergedError, check_divergence, train_one_epoch
 
-from conftest import load_script
+from helpers import load_script
 
 train_script = load_script('train.py')
 

@@ -9,8 +9,9 @@ import os
 import pytest
 import torch
 
-from conftest import load_script
 from rsg_timm.checkpoint import load_training_checkpoint
+
+from helpers import load_script
 
 train_script = load_script('train.py')
 

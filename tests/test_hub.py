@@ -4,31 +4,28 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import timm
 import torch
 import yaml
-from timm.models import generate_default_cfgs, get_pretrained_cfg
+from timm.models import get_pretrained_cfg
 
 from rsg_timm import hub
 from rsg_timm.checkpoint import create_eval_model
-from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags, pretrained_cfgs, tag_model_args
+from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags, resolve_zoo_tag
 
-from conftest import TINY_COUNTS, load_script
+from helpers import TINY_COUNTS, load_script
 
 COUNTS = TINY_COUNTS
-REPO_ID = 'me/rsg_resnet20.tiny'
+REPO_ID = 'me/rsg_resnet32.tiny'
 STAGED = ['README.md', 'args.yaml', 'config.json', 'model.safetensors', 'per_class.csv', 'summary.csv']
 
 
 @pytest.fixture(scope='module')
-def run_dir(tiny_demo, tmp_path_factory):
-    """One epoch of rsg_resnet20 with LDAM-DRW (a cosine head, so the export carries model_args)."""
-    out = tmp_path_factory.mktemp('runs')
-    load_script('train.py').main(['--model', 'rsg_resnet20', '--data-dir', tiny_demo, '--output', str(out),
-                                '--experiment', 'run', '-b', '32', '--epochs', '1', '--no-progress',
-                                '--log-interval', '0', '--warmup-epochs', '0', '--rsg-epoch-thresh', '0'])
-    return out / 'run'
+def run_dir(trained_run):
+    """The shared rsg_resnet32 run (LDAM-DRW: a cosine head, so the export carries model_args)."""
+    return trained_run.dir
 
 
 @pytest.fixture(scope='module')
@@ -50,23 +47,24 @@ def test_dry_run_stages_export_card_and_records(run_dir, staged):
     for name in ('config.json', 'model.safetensors', 'summary.csv', 'per_class.csv'):
         assert (staged / name).read_bytes() == (run_dir / name).read_bytes(), name
     recipe = yaml.safe_load((staged / 'args.yaml').read_text())
-    assert recipe['model'] == 'rsg_resnet20' and recipe['rsg_epoch_thresh'] == 0
+    assert recipe['model'] == 'rsg_resnet32' and recipe['rsg_epoch_thresh'] == 0
     assert not {'data_dir', 'output', 'experiment', 'device'} & set(recipe)  # machine-specific paths removed
 
     card = (staged / 'README.md').read_text()
     meta = yaml.safe_load(card.split('---\n')[1])
     assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0'
     assert meta['tags'] == ['image-classification', 'timm', 'long-tail', 'rsg'] and meta['datasets']
-    for text in ('| `--model` | rsg_resnet20 |', '| `--loss` | ldam |', '| `--rsg-epoch-thresh` | 0 |',
+    summary = pd.read_csv(run_dir / 'summary.csv')
+    best_epoch = int(summary.loc[summary['eval_top1'].idxmax(), 'epoch'])
+    for text in ('| `--model` | rsg_resnet32 |', '| `--loss` | ldam |', '| `--rsg-epoch-thresh` | 0 |',
                  'LDAM + DRW + RSG', '| many | > 100 | 0 |', '| medium | 20..100 | 3 |', '| few | < 20 | 7 |',
-                 '| last epoch (0) |', 'best top1 on test (epoch 0)', "published weights are the last epoch's",
+                 '| last epoch (1) |', f'best top1 on test (epoch {best_epoch})', "published weights are the last epoch's",
                  '| 9 | c9 | 2 | 8 |', 'python train.py --config args.yaml', f"create_model('hf-hub:{REPO_ID}'",
                  f'python validate.py --model hf-hub:{REPO_ID}', 'import timm, rsg_timm',
                  'author    = {Wang, Jianfeng and Lukasiewicz, Thomas and Hu, Xiaolin and Cai, Jianfei and Xu, '
                  'Zhenghua}', 'Apache-2.0'):
         assert text in card, text
-    last = yaml.safe_load((run_dir / 'summary.csv').read_text().splitlines()[1].split(',')[10])  # eval_top1
-    assert f'| last epoch (0) | {last:.2f} |' in card
+    assert f'| last epoch (1) | {summary["eval_top1"].iloc[-1]:.2f} |' in card
 
 
 def test_push_uploads_the_staged_folder(run_dir, staged, monkeypatch):
@@ -147,36 +145,39 @@ def test_untagged_cfg_stays_the_default():
         timm.create_model('cifar_resnet32', pretrained=True)
 
 
-def test_zoo_cfgs_register_tags_behind_the_untagged_default(tmp_path):
-    (tmp_path / 'arch_a.shipped.safetensors').write_bytes(b'')
-    tags = {'arch_a.shipped': dict(num_classes=7, hf_hub_id='me/a'),
-            'arch_a.hub_only': dict(num_classes=5, hf_hub_id='me/b'), 'other_arch.x': dict(num_classes=3)}
-    base = {'arch_a': dict(num_classes=10, input_size=(3, 32, 32))}
-    cfgs = pretrained_cfgs(base, tags=tags, pretrained_dir=tmp_path)
-    assert sorted(cfgs) == ['arch_a.*', 'arch_a.hub_only', 'arch_a.shipped']  # other modules' tags left alone
-    default = generate_default_cfgs(cfgs)['arch_a']
-    assert list(default.tags) == ['', 'shipped', 'hub_only'] and not default.default.has_weights
-    assert default.is_pretrained
-    shipped, hub_only = default.cfgs['shipped'], default.cfgs['hub_only']
-    assert shipped.file == str((tmp_path / 'arch_a.shipped.safetensors').resolve()) and shipped.num_classes == 7
-    assert hub_only.file is None and hub_only.hf_hub_id == 'me/b' and hub_only.input_size == (3, 32, 32)
+def test_zoo_tag_resolves_to_its_cfg_and_model_args(tmp_path):
+    (tmp_path / 'cifar_resnet20.shipped.safetensors').write_bytes(b'')
+    tags = {'cifar_resnet20.shipped': dict(num_classes=7, hf_hub_id='me/a', model_args=dict(use_norm=True)),
+            'cifar_resnet20.hub_only': dict(num_classes=5, hf_hub_id='me/b'), 'other_arch.x': dict(num_classes=3)}
+
+    def resolve(tag, **kwargs):
+        return resolve_zoo_tag('cifar_resnet20', dict(kwargs, pretrained_cfg=tag), tags=tags, pretrained_dir=tmp_path)
+
+    shipped = resolve('shipped', num_classes=7)
+    cfg = shipped.pop('pretrained_cfg')
+    assert shipped == dict(use_norm=True, num_classes=7)
+    assert cfg['file'] == str((tmp_path / 'cifar_resnet20.shipped.safetensors').resolve()) and cfg['num_classes'] == 7
+    assert cfg['architecture'] == 'cifar_resnet20' and cfg['tag'] == 'shipped' and cfg['input_size'] == (3, 32, 32)
+    assert resolve('shipped', use_norm=False)['use_norm'] is False  # the caller's kwargs win
+    hub_only = resolve('hub_only')['pretrained_cfg']
+    assert hub_only.get('file') is None and hub_only['hf_hub_id'] == 'me/b' and hub_only['num_classes'] == 5
+    for tag in ('x', 'unknown', None):  # other architectures' tags and non-zoo cfgs are left to timm
+        assert resolve(tag) == {'pretrained_cfg': tag}
 
 
 def test_add_pretrained_then_load_the_tag(run_dir, tmp_path):
     name, entry = add_pretrained(run_dir, 'zoo_test', 'me/zoo', pretrained_dir=tmp_path, notes=['a note'])
-    assert name == 'cifar_resnet20.zoo_test' and (tmp_path / f'{name}.safetensors').is_file()
+    assert name == 'cifar_resnet32.zoo_test' and (tmp_path / f'{name}.safetensors').is_file()
     tags = load_pretrained_tags(tmp_path)
     assert tags == {name: entry}
     assert entry['num_classes'] == 10 and entry['model_args']['use_norm'] is True and entry['hf_hub_id'] == 'me/zoo'
     assert entry['notes'][0].startswith('top-1 ') and 'best-on-test' in entry['notes'][0]
     assert entry['notes'][-1] == 'a note' and entry['label_names'][0] == 'c0'
 
-    cfg = generate_default_cfgs(pretrained_cfgs({'cifar_resnet20': {}}, tags=tags, pretrained_dir=tmp_path))
-    model_args = tag_model_args('cifar_resnet20', 'zoo_test', tags=tags)
-    assert model_args['use_norm'] is True and tag_model_args('cifar_resnet20', None, tags=tags) == {}
-    # what create_model('cifar_resnet20.zoo_test', pretrained=True) does once the tag is in the shipped table
-    model = timm.create_model('cifar_resnet20', pretrained=True,
-                              pretrained_cfg=cfg['cifar_resnet20'].cfgs['zoo_test'].to_dict(), **model_args)
+    # what create_model('cifar_resnet32.zoo_test', pretrained=True) does once the tag is in the shipped table
+    kwargs = resolve_zoo_tag('cifar_resnet32', {'pretrained_cfg': 'zoo_test'}, tags=tags, pretrained_dir=tmp_path)
+    assert kwargs['use_norm'] is True
+    model = timm.create_model('cifar_resnet32', pretrained=True, **kwargs)
     expected = _logits(timm.create_model(f'local-dir:{run_dir}', pretrained=True))
     torch.testing.assert_close(_logits(model), expected, rtol=0, atol=0)
 

@@ -1,5 +1,7 @@
 """Model contract tests, after timm's tests/test_models.py, for cifar_resnet* and every fast rsg_* model."""
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -8,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from rsg_timm.models import CifarResNet, RSGMixin, RSGOutput, checkpoint_filter_fn
+from rsg_timm.models import CifarResNet, RSGMixin, RSGOutput, checkpoint_filter_fn, is_rsg_model
+
+from helpers import REPO_DIR
 
 torch.backends.cudnn.benchmark = False
 DEVICE = torch.device(os.environ.get('TORCH_DEVICE', 'cpu'))
@@ -20,6 +24,15 @@ RSG_MODELS = [
     n for n in timm.list_models('rsg_*') if 'cifar_' + n[len('rsg_'):] in CIFAR_MODELS or n == 'rsg_test_resnet']
 SLOW_RSG_MODELS = ['rsg_resnet50', 'rsg_resnext50_32x4d']
 ALL_MODELS = CIFAR_MODELS + RSG_MODELS
+# The deeper CIFAR ResNets repeat the same blocks: their contract tests run under the `slow` marker.
+_SLOW_DEPTHS = ('44', '56', '110')
+
+
+def _params(names):
+    """``names`` for parametrize, the deep CIFAR ResNets (and their rsg_ wrappers) marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n.endswith(_SLOW_DEPTHS) else n for n in names]
+
+
 # Input sizes below the cfg's, as timm's tests cap ImageNet-family inputs; the rest use their cfg input_size.
 _INPUT_SIZE = {'rsg_test_resnet': 64}
 _NUM_CLASSES = 10
@@ -55,6 +68,19 @@ def test_registration():
     assert timm.models.get_pretrained_cfg_value('rsg_resnext50_32x4d', 'num_classes') == 1000
 
 
+def test_import_loads_only_the_model_code():
+    """``import rsg_timm`` registers the models without the data, metrics or run-reading layers, and reads no file
+    (the zoo table waits for the first tagged request)."""
+    code = ('import sys, rsg_timm; from rsg_timm.models.pretrained import _shipped_tags; '
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in ("pandas", "matplotlib") '
+            'or m.startswith(("rsg_timm.data", "rsg_timm.metrics", "rsg_timm.model_card", "rsg_timm.losses")))); '
+            'print(_shipped_tags.cache_info().misses)')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO_DIR, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split('\n')[:2] == ['[]', '0']
+
+
 def test_cifar_resnet_matches_paper():
     # He et al., Table 6: 0.27M / 0.46M / 0.66M / 0.85M / 1.7M parameters; option-A shortcuts have none.
     expected = {'cifar_resnet20': 269_722, 'cifar_resnet32': 464_154, 'cifar_resnet110': 1_727_962}
@@ -64,7 +90,7 @@ def test_cifar_resnet_matches_paper():
     assert [k for k in model.state_dict() if 'layer1.0' in k][:2] == ['layer1.0.conv1.weight', 'layer1.0.bn1.weight']
 
 
-@pytest.mark.parametrize('name', ALL_MODELS)
+@pytest.mark.parametrize('name', _params(ALL_MODELS))
 def test_model_forward(name):
     model = _create(name, num_classes=_NUM_CLASSES).eval()
     x = _input(model, name)
@@ -80,7 +106,7 @@ def test_model_forward(name):
         assert [t.shape[1] for t in intermediates] == [f['num_chs'] for f in model.feature_info]
 
 
-@pytest.mark.parametrize('name', ALL_MODELS)
+@pytest.mark.parametrize('name', _params(ALL_MODELS))
 def test_model_backward(name):
     """timm's contract: model(x) in train mode without labels reaches every backbone parameter."""
     model = _create(name, num_classes=_NUM_CLASSES).train()
@@ -89,7 +115,7 @@ def test_model_backward(name):
     assert [n for n, p in backbone.items() if p.grad is None] == []
 
 
-@pytest.mark.parametrize('name', ALL_MODELS)
+@pytest.mark.parametrize('name', _params(ALL_MODELS))
 def test_model_default_cfgs(name):
     model = _create(name).eval()
     cfg = model.pretrained_cfg
@@ -109,7 +135,7 @@ def test_model_default_cfgs(name):
     assert _create(name, num_classes=0, global_pool='')(x).dim() == 4
 
 
-@pytest.mark.parametrize('name', ALL_MODELS)
+@pytest.mark.parametrize('name', _params(ALL_MODELS))
 def test_model_features_only(name):
     model = _create(name)
     backbone = model if not isinstance(model, RSGMixin) else _create(model.backbone_name)
@@ -119,7 +145,7 @@ def test_model_features_only(name):
     assert [o.shape[1] for o in outputs] == features.feature_info.channels()
 
 
-@pytest.mark.parametrize('name', RSG_MODELS)
+@pytest.mark.parametrize('name', _params(RSG_MODELS))
 def test_rsg_train_output(name):
     model = _create(name, num_classes=_NUM_CLASSES).train()
     x, y = _head_tail_batch(model, name)
@@ -138,7 +164,7 @@ _CESC_PARAMS = ('linear', 'bias', 'centers', 'contrastive_module.0.weight', 'con
 _MV_PARAMS = ('linear', 'bias', 'centers', 'vec_transformation_module.0.weight')
 
 
-@pytest.mark.parametrize('name', RSG_MODELS)
+@pytest.mark.parametrize('name', _params(RSG_MODELS))
 def test_rsg_phase_grads(name):
     model = _create(name, num_classes=_NUM_CLASSES).train()
     model.set_grad_checkpointing()  # the train path also runs checkpointed stages
@@ -152,6 +178,13 @@ def test_rsg_phase_grads(name):
         assert all(grads[n] is not None for n in expected), epoch
     assert all(grads[n] is None and p.requires_grad
                for n, p in model.rsg.named_parameters() if n.startswith('contrastive'))
+
+
+def test_is_rsg_model_names_and_modules():
+    assert is_rsg_model('rsg_resnet32') and is_rsg_model('rsg_resnet50.a1_in1k')
+    assert not is_rsg_model('cifar_resnet32') and not is_rsg_model('resnet50.a1_in1k')
+    model = _create('rsg_resnet20')
+    assert is_rsg_model(model) and is_rsg_model(torch.compile(model)) and not is_rsg_model(_create('cifar_resnet20'))
 
 
 def test_rsg_feature_shape_and_stage():

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO_DIR, load_script, write_demo_npz
+from helpers import REPO_DIR, load_script, write_demo_npz
 
 COUNTS = [12, 8, 6, 4, 3, 2, 2, 1, 1, 1]
 reproduce = load_script('benchmarks/reproduce.py')

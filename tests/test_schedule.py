@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_DIR, load_script
+from helpers import REPO_DIR, load_script
 from rsg_timm.losses import create_reweight
 
 train = load_script('train.py')

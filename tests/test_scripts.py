@@ -14,26 +14,14 @@ import yaml
 
 from rsg_timm.checkpoint import CheckpointError, load_training_checkpoint
 from rsg_timm.engine import NonFiniteLossError, train_one_epoch
+from rsg_timm.losses import effective_number_weights
 
-from conftest import REPO_DIR, TINY_COUNTS, load_script
+from helpers import REPO_DIR, TINY_COUNTS, load_script, train_args
 
 REPO = REPO_DIR
 COUNTS = TINY_COUNTS
 train_script = load_script('train.py')
 validate_script = load_script('validate.py')
-
-
-def _train_args(data, out, experiment, *extra):
-    return ['--data-dir', data, '--output', str(out), '--experiment', experiment, '-b', '32', '--epochs', '2',
-            '--no-progress', '--log-interval', '0', '--warmup-epochs', '0', *extra]
-
-
-@pytest.fixture(scope='module')
-def trained_run(tiny_demo, tmp_path_factory):
-    """Two epochs of rsg_resnet32 (LDAM-DRW): CESC in epoch 0, generation in epoch 1."""
-    out = tmp_path_factory.mktemp('runs')
-    result = train_script.main(_train_args(tiny_demo, out, 'run', '--rsg-epoch-thresh', '0'))
-    return os.path.join(out, 'run'), result
 
 
 def _summary(run_dir):
@@ -42,7 +30,7 @@ def _summary(run_dir):
 
 
 def test_train_writes_the_run_folder(trained_run):
-    run_dir, result = trained_run
+    run_dir, result = str(trained_run.dir), trained_run.result
     for name in ('args.yaml', 'summary.csv', 'last.pth.tar', 'model_best.pth.tar', 'model.safetensors',
                  'config.json', 'per_class.csv'):
         assert os.path.isfile(os.path.join(run_dir, name)), name
@@ -61,14 +49,30 @@ def test_train_writes_the_run_folder(trained_run):
         assert len(f.readlines()) == 11
 
 
+def test_epoch_switches_reach_training(trained_run):
+    """DRW's class weights arrive at drw_epoch and RSG generates samples after its threshold, in a real run."""
+    with open(trained_run.dir / 'args.yaml') as f:
+        args = yaml.safe_load(f)
+    assert args['drw_epoch'] == 1 and args['rsg_epoch_thresh'] == 0
+    cesc_epoch, drw_epoch = trained_run.class_weights
+    assert cesc_epoch and all(w is None for w in cesc_epoch)  # before drw_epoch: unweighted
+    expected = effective_number_weights(COUNTS, args['cb_beta'])
+    assert drw_epoch and all(w is not None for w in drw_epoch), 'no class weights from drw_epoch on'
+    assert not torch.allclose(expected, torch.ones_like(expected))
+    for weight in drw_epoch:
+        torch.testing.assert_close(weight.cpu(), expected)
+    generated = [float(r['train_generated']) for r in _summary(trained_run.dir)]
+    assert generated[0] == 0 and generated[1] > 0  # samples appear after rsg_epoch_thresh
+
+
 def test_args_yaml_round_trips_as_config(trained_run):
-    run_dir, _ = trained_run
+    run_dir = str(trained_run.dir)
     args = train_script._parse_args(['--config', os.path.join(run_dir, 'args.yaml')])
     assert args.rsg_epoch_thresh == 0 and args.batch_size == 32 and args.model == 'rsg_resnet32'
 
 
 def test_export_loads_as_plain_backbone(trained_run, tiny_demo):
-    run_dir, _ = trained_run
+    run_dir = str(trained_run.dir)
     exported = timm.create_model(f'local-dir:{run_dir}', pretrained=True).eval()
     assert type(exported).__name__ == 'CifarResNet'
     model = timm.create_model('rsg_resnet32', num_classes=10, use_norm=True)
@@ -78,7 +82,7 @@ def test_export_loads_as_plain_backbone(trained_run, tiny_demo):
 
 
 def test_validate_checkpoint_export_and_posthoc(trained_run, tiny_demo, tmp_path):
-    run_dir, result = trained_run
+    run_dir, result = str(trained_run.dir), trained_run.result
     common = ['--data-dir', tiny_demo, '-b', '16']
     by_rsg = validate_script.main(['--model', 'rsg_resnet32', '--checkpoint',
                                    os.path.join(run_dir, 'last.pth.tar'), *common,
@@ -104,9 +108,9 @@ def test_validate_checkpoint_export_and_posthoc(trained_run, tiny_demo, tmp_path
 def test_resume_gives_the_same_weights(tiny_demo, tmp_path):
     # The schedule is pinned so that stopping after epoch 0 changes nothing else.
     pinned = ['--model', 'rsg_resnet20', '--rsg-epoch-thresh', '0', '--decay-milestones', '5', '6', '--drw-epoch', '1']
-    train_script.main(_train_args(tiny_demo, tmp_path, 'straight', *pinned))
-    train_script.main(_train_args(tiny_demo, tmp_path, 'resumed', *pinned, '--epochs', '1'))
-    train_script.main(_train_args(tiny_demo, tmp_path, 'resumed', *pinned, '--resume',
+    train_script.main(train_args(tiny_demo, tmp_path, 'straight', *pinned))
+    train_script.main(train_args(tiny_demo, tmp_path, 'resumed', *pinned, '--epochs', '1'))
+    train_script.main(train_args(tiny_demo, tmp_path, 'resumed', *pinned, '--resume',
                                   str(tmp_path / 'resumed' / 'last.pth.tar')))
     straight = load_training_checkpoint(str(tmp_path / 'straight' / 'last.pth.tar'))
     resumed = load_training_checkpoint(str(tmp_path / 'resumed' / 'last.pth.tar'))
@@ -117,7 +121,7 @@ def test_resume_gives_the_same_weights(tiny_demo, tmp_path):
 
 
 def test_plain_backbone_amp_channels_last(tiny_demo, tmp_path):
-    result = train_script.main(_train_args(tiny_demo, tmp_path, 'plain', '--model', 'cifar_resnet20', '--epochs', '1',
+    result = train_script.main(train_args(tiny_demo, tmp_path, 'plain', '--model', 'cifar_resnet20', '--epochs', '1',
                                            '--loss', 'ce', '--reweight', 'none', '--amp', '--channels-last'))
     assert np.isfinite(result['loss'])
     rows = _summary(str(tmp_path / 'plain'))
@@ -133,7 +137,7 @@ def test_plain_backbone_amp_channels_last(tiny_demo, tmp_path):
 ])
 def test_train_bad_input_is_named(argv, match, tiny_demo, tmp_path):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
-        train_script.main(_train_args(tiny_demo, tmp_path, 'bad', *argv))
+        train_script.main(train_args(tiny_demo, tmp_path, 'bad', *argv))
 
 
 @pytest.mark.parametrize('argv,match', [
@@ -143,11 +147,11 @@ def test_train_bad_input_is_named(argv, match, tiny_demo, tmp_path):
 ])
 def test_train_bad_flags_exit_with_message(argv, match, tiny_demo, tmp_path):
     with pytest.raises((SystemExit, RuntimeError), match=match):
-        train_script.main(_train_args(tiny_demo, tmp_path, 'bad', *argv))
+        train_script.main(train_args(tiny_demo, tmp_path, 'bad', *argv))
 
 
 def test_validate_rejects_other_architecture_and_corrupt_file(trained_run, tiny_demo, tmp_path):
-    run_dir, _ = trained_run
+    run_dir = str(trained_run.dir)
     with pytest.raises(CheckpointError, match='checkpoint of cifar_resnet32'):
         validate_script.main(['--model', 'resnet18', '--checkpoint', os.path.join(run_dir, 'last.pth.tar'),
                               '--data-dir', tiny_demo])
@@ -186,7 +190,7 @@ def test_torchrun_two_processes_on_cpu(tiny_demo, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run(
         ['torchrun', '--standalone', '--nproc-per-node', '2', os.path.join(REPO, 'train.py'),
-         *_train_args(tiny_demo, tmp_path, 'ddp', '--rsg-epoch-thresh', '0', '--device', 'cpu')],
+         *train_args(tiny_demo, tmp_path, 'ddp', '--rsg-epoch-thresh', '0', '--device', 'cpu')],
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _summary(str(tmp_path / 'ddp'))
@@ -202,9 +206,10 @@ def test_every_recipe_parses_and_names_a_registered_model(path):
     assert args.dataset in ('cifar10_lt', 'cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018')
 
 
+@pytest.mark.slow
 def test_torchcompile_through_both_phases(tiny_demo, tmp_path):
     # about a minute and a half on 2 CPU cores, most of it compiling
-    result = train_script.main(_train_args(tiny_demo, tmp_path, 'compiled', '--rsg-epoch-thresh', '0',
+    result = train_script.main(train_args(tiny_demo, tmp_path, 'compiled', '--rsg-epoch-thresh', '0',
                                            '--torchcompile'))
     rows = _summary(str(tmp_path / 'compiled'))
     assert float(rows[1]['train_generated']) > 0 and np.isfinite(result['loss'])

@@ -11,11 +11,12 @@ from rsg_timm.checkpoint import load_training_checkpoint
 from rsg_timm.models.pretrained import load_pretrained_tags
 from rsg_timm.posthoc import has_cosine_classifier, logit_adjust, training_logit_scale
 
-from conftest import SHARED_DIR, load_script
+from helpers import REPO_DIR, load_script
 
 train_script = load_script('train.py')
 validate_script = load_script('validate.py')
 ZOO_TAG = 'cifar_resnet32.ldam_drw_rsg_cifar10_lt_r100_cpu20e'
+SHARED_DATA = os.path.join(os.path.dirname(REPO_DIR), 'shared', 'data')
 
 
 @pytest.fixture(scope='module')
@@ -94,11 +95,11 @@ def test_exported_weights_are_as_readable_as_the_rest(demo_run):
     assert os.stat(demo_run / 'model.safetensors').st_mode & 0o777 == mode
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DIR, 'data', 'cifar10_test.npz')),
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DATA, 'cifar10_test.npz')),
                     reason='shared CIFAR-10 npz not present')
 def test_balanced_test_split_is_not_logged_as_cut(caplog):
     from rsg_timm.data.cifar_lt import CifarLT
     caplog.set_level(logging.INFO)
-    CifarLT(os.path.join(SHARED_DIR, 'data'), train=False)
+    CifarLT(SHARED_DATA, train=False)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith('CIFAR-10-LT test'))
     assert line.startswith('CIFAR-10-LT test: 10000 images, balanced')

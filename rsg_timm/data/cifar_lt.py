@@ -3,12 +3,13 @@
 The long-tailed training sets follow LDAM-DRW's builder (``docs/reference/peers-features.md`` §3.2): an exp or step
 profile over the original label order, cut either with the RSG code's ``first`` rule or LDAM-DRW's seeded
 ``shuffle``. The test split is the untouched balanced CIFAR test set. Two on-disk layouts are read: the npz files of
-``shared/data`` (``cifar10_train.npz`` with ``images`` uint8 [N, 32, 32, 3], ``labels``, ``classes``) and
-torchvision's ``cifar-10-batches-py`` / ``cifar-100-python`` folders.
+``shared/data`` (``cifar10_train.npz`` with ``images`` uint8 [N, 32, 32, 3], ``labels`` and optionally ``classes``)
+and torchvision's ``cifar-10-batches-py`` / ``cifar-100-python`` folders. Arrays are checked when they are read, so a
+bad file fails before training, naming the file.
 """
 import logging
 import os
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 
 from .imbalance import long_tail_counts, select_long_tail
 
-__all__ = ['ArrayLTDataset', 'CifarLT', 'load_cifar_arrays', 'is_train_split']
+__all__ = ['ArrayLTDataset', 'CifarLT', 'check_labelled_images', 'load_cifar_arrays', 'read_npz', 'is_train_split']
 
 _logger = logging.getLogger(__name__)
 
@@ -35,6 +36,41 @@ def is_train_split(split: str, name: str) -> bool:
     raise ValueError(f'Unknown split {split!r} for {name}; use one of {list(_TRAIN_SPLITS + _EVAL_SPLITS)}.')
 
 
+def read_npz(path: str, required: Sequence[str]) -> Dict[str, np.ndarray]:
+    """All arrays of an npz file; a missing one is an error naming the file and the arrays it has."""
+    with np.load(path, allow_pickle=False) as f:
+        missing = [k for k in required if k not in f.files]
+        if missing:
+            raise ValueError(f'{path}: no {missing} array (it holds {f.files}); the file needs {list(required)}.')
+        return {k: f[k] for k in f.files}
+
+
+def check_labelled_images(
+        source: str,
+        images: np.ndarray,
+        labels: np.ndarray,
+        num_classes: int,
+        image_size: Optional[Tuple[int, int]] = None,
+) -> None:
+    """Fail with a message naming ``source`` unless ``images`` are RGB uint8 [N, H, W, 3] with one label in
+    [0, num_classes) each (an out-of-range label would be dropped from a long-tailed cut, or crash evaluation)."""
+    size = 'H, W' if image_size is None else ', '.join(map(str, image_size))
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or \
+            (image_size is not None and tuple(images.shape[1:3]) != tuple(image_size)):
+        raise ValueError(f'{source}: images must be uint8 [N, {size}, 3] (RGB, channels last), '
+                         f'got {images.dtype} {list(images.shape)}.')
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),):
+        raise ValueError(f'{source}: {len(images)} images but labels of shape {list(labels.shape)}; '
+                         f'give one label per image.')
+    if len(labels) and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f'{source}: labels must be integers, got {labels.dtype}.')
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise ValueError(f'{source}: {len(bad)} labels outside [0, {num_classes}) (first: {labels[bad[0]]} at '
+                         f'index {bad[0]}); labels are class indices of the {num_classes} classes.')
+
+
 class ArrayLTDataset(Dataset):
     """A labelled uint8 image array held in memory, with the training class counts it was cut from.
 
@@ -48,6 +84,7 @@ class ArrayLTDataset(Dataset):
         classes: label names.
         class_counts: training images per class (of the train split, also when this is the test split).
         transform: optional torchvision-style transform applied to the PIL image.
+        source: where the arrays come from, for error messages.
     """
 
     def __init__(
@@ -57,13 +94,11 @@ class ArrayLTDataset(Dataset):
             classes: Sequence[str],
             class_counts: Sequence[int],
             transform: Optional[Callable] = None,
+            source: str = 'the image array',
     ):
-        if data.dtype != np.uint8 or data.ndim != 4:
-            raise ValueError(f'Expected uint8 images [N, H, W, C], got {data.dtype} {tuple(data.shape)}.')
-        if len(data) != len(targets):
-            raise ValueError(f'{len(data)} images but {len(targets)} labels.')
+        check_labelled_images(source, data, np.asarray(targets), len(classes))
         if len(class_counts) != len(classes):
-            raise ValueError(f'{len(class_counts)} class counts for {len(classes)} classes.')
+            raise ValueError(f'{source}: {len(class_counts)} class counts for {len(classes)} classes.')
         self.data = data
         self.targets = [int(t) for t in targets]
         self.classes = [str(c) for c in classes]
@@ -92,14 +127,20 @@ def load_cifar_arrays(
 ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Full CIFAR-10/100 split as (images [N, 32, 32, 3] uint8, labels int64, class names), in file order.
 
-    Looks for ``cifar{C}_{train,test}.npz`` in ``root`` first, then torchvision's folder layout (downloaded there
-    when ``download`` is set).
+    Looks for ``cifar{C}_{train,test}.npz`` in ``root`` first (``classes`` is optional there: the names default to
+    the class indices), then torchvision's folder layout (downloaded there when ``download`` is set).
     """
     split = 'train' if train else 'test'
     npz_path = os.path.join(root, f'cifar{num_classes}_{split}.npz')
     if os.path.isfile(npz_path):
-        with np.load(npz_path, allow_pickle=False) as f:
-            return f['images'], f['labels'].astype(np.int64), [str(c) for c in f['classes']]
+        arrays = read_npz(npz_path, ('images', 'labels'))
+        images, labels = arrays['images'], arrays['labels']
+        check_labelled_images(npz_path, images, labels, num_classes, image_size=(32, 32))
+        classes = [str(c) for c in arrays.get('classes', range(num_classes))]
+        if len(classes) != num_classes:
+            raise ValueError(f'{npz_path}: {len(classes)} class names for CIFAR-{num_classes}; drop the classes '
+                             f'array or give {num_classes} names.')
+        return images, labels.astype(np.int64), classes
 
     import torchvision
     tv_cls = torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100

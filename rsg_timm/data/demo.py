@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .cifar_lt import ArrayLTDataset, load_cifar_arrays
+from .cifar_lt import ArrayLTDataset, load_cifar_arrays, read_npz
 from .imbalance import long_tail_counts, select_long_tail
 
 __all__ = ['DemoLT', 'DEMO_PATH', 'build_demo']
@@ -44,9 +44,9 @@ class DemoLT(ArrayLTDataset):
                 f'Demo data {path!r} is missing; reinstall rsg_timm or rebuild it with '
                 f'`python -m rsg_timm.data.demo --build --source <folder with cifar10_train.npz>`.')
         split = 'train' if train else 'test'
-        with np.load(path, allow_pickle=False) as f:
-            super().__init__(
-                f[f'{split}_images'], f[f'{split}_labels'], f['classes'], f['class_counts'], transform=transform)
+        arrays = read_npz(path, (f'{split}_images', f'{split}_labels', 'classes', 'class_counts'))
+        super().__init__(arrays[f'{split}_images'], arrays[f'{split}_labels'], arrays['classes'],
+                         arrays['class_counts'], transform=transform, source=path)
 
 
 def build_demo(source: str, path: str = DEMO_PATH) -> str:

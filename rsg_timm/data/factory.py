@@ -9,7 +9,7 @@ from .cifar_lt import CifarLT, is_train_split
 from .demo import DemoLT
 from .list_lt import LIST_LT_SPECS, create_folder_lt, create_list_lt
 
-__all__ = ['create_lt_dataset', 'list_lt_datasets']
+__all__ = ['create_lt_dataset', 'default_imb_type', 'list_lt_datasets']
 
 
 def _cifar(num_classes: int) -> Callable[..., Dataset]:
@@ -20,8 +20,8 @@ def _cifar(num_classes: int) -> Callable[..., Dataset]:
                 f'torchvision CIFAR folder); add --dataset-download to fetch it there.')
         return CifarLT(
             root, num_classes=num_classes, train=is_train_split(split, f'cifar{num_classes}_lt'),
-            imb_type=imb_type or 'exp', imb_factor=imb_factor, imb_select=imb_select, download=download,
-            transform=transform)
+            imb_type=imb_type or default_imb_type(f'cifar{num_classes}_lt'), imb_factor=imb_factor,
+            imb_select=imb_select, download=download, transform=transform)
     return build
 
 
@@ -38,8 +38,8 @@ def _list(name: str) -> Callable[..., Dataset]:
 
 def _folder(root, split, imb_type, imb_factor, imb_select, download, transform):
     return create_folder_lt(
-        root, split=split, imb_type=imb_type or 'none', imb_factor=imb_factor, imb_select=imb_select,
-        transform=transform)
+        root, split=split, imb_type=imb_type or default_imb_type('folder_lt'), imb_factor=imb_factor,
+        imb_select=imb_select, transform=transform)
 
 
 _DATASETS = Registry('dataset')
@@ -47,6 +47,12 @@ for _name, _builder in [('demo', _demo), ('cifar10_lt', _cifar(10)), ('cifar100_
                         *[(name, _list(name)) for name in LIST_LT_SPECS], ('folder_lt', _folder)]:
     _DATASETS.add(_name, _builder)
 del _name, _builder
+
+
+def default_imb_type(name: str) -> str:
+    """The class profile a dataset gets when none is asked for: CIFAR-LT is cut to the exp profile it is named
+    after; every other dataset (a user's ``folder_lt`` included) is used as it is."""
+    return 'exp' if name in ('cifar10_lt', 'cifar100_lt') else 'none'
 
 
 def list_lt_datasets() -> List[str]:
@@ -77,7 +83,7 @@ def create_lt_dataset(
             datasets also take a list file path). ``None`` picks ``train`` or ``test`` from ``is_training``.
         is_training: chooses the split when ``split`` is ``None``, as in timm's ``create_dataset``.
         imb_type: ``exp``, ``step`` or ``none`` profile of the CIFAR and folder training splits; ``None`` means
-            ``exp`` for CIFAR and ``none`` (the folder's own distribution) for ``folder_lt``.
+            :func:`default_imb_type` (``exp`` for CIFAR, ``none``, the folder as it is, for ``folder_lt``).
         imb_factor: 1 / rho of the profile.
         imb_select: ``first`` (RSG code, the default) or ``shuffle`` (LDAM-DRW's seeded draw).
         download: let torchvision download CIFAR when it is missing.

@@ -1,9 +1,11 @@
 """Image-file long-tailed datasets: the ImageNet-LT / Places-LT / iNaturalist 2018 list files, and ``folder_lt``.
 
 The list files are the Decoupling / OLTR ones (``docs/reference/peers-features.md`` §3.3), one ``relative/path label``
-per line, paths relative to the image root given as ``--data-dir``; every peer trains on them verbatim. Images are
-opened with PIL only when an item is read. ``folder_lt`` takes an ImageFolder tree (``root/train/<class>/...``,
-``root/val/<class>/...``) and can cut its training split to an exp/step profile like CIFAR-LT.
+per line, paths relative to the image root given as ``--data-dir``; every peer trains on them verbatim. Every image
+file is checked to exist and be non-empty when the dataset is built; images are opened with PIL only when an item is
+read (an unreadable one is an error naming the file), or all up front with :meth:`FileLTDataset.check_images`.
+``folder_lt`` takes an ImageFolder tree (``root/train/<class>/...``, ``root/val/<class>/...``) and uses it as it is,
+or cuts its training split to an exp/step profile like CIFAR-LT.
 """
 import logging
 import os
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
 
@@ -110,9 +113,28 @@ class FileLTDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def check_images(self) -> None:
+        """Open and decode every image now (slow: a full read of the data), so that a truncated or corrupt file
+        fails before training rather than mid-epoch."""
+        bad = []
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as img:
+                    img.load()
+            except (OSError, SyntaxError, ValueError) as e:
+                bad.append(f'{path} ({e})')
+        if bad:
+            raise ValueError(f'{len(bad)} of {len(self.samples)} images cannot be read: {"; ".join(bad[:5])}'
+                             f'{" ..." if len(bad) > 5 else ""}. Replace them or remove them from the data.')
+        _logger.info('All %d images read.', len(self.samples))
+
     def __getitem__(self, index: int) -> Tuple[object, int]:
         path, label = self.samples[index]
-        img = default_loader(path)
+        try:
+            img = default_loader(path)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for missing, truncated or foreign files
+            raise ValueError(f'{path}: cannot read the image ({e}); replace it or remove it from the data '
+                             f'(train.py --check-data reads every image up front)') from None
         if self.transform is not None:
             img = self.transform(img)
         return img, label
@@ -145,6 +167,21 @@ def _find_list(root: str, spec: ListLTSpec, split: str) -> str:
     raise FileNotFoundError(f'{spec.title} list file not found (looked for {candidates}); {fix}.')
 
 
+def _check_files_exist(samples: Sequence[Tuple[str, int]], source: str) -> None:
+    """Every image file exists and is not empty (one ``stat`` each), so a bad one fails now, not mid-epoch."""
+    missing, empty = [], []
+    for path, _ in samples:
+        try:
+            if os.stat(path).st_size == 0:
+                empty.append(path)
+        except FileNotFoundError:
+            missing.append(path)
+    if missing or empty:
+        first = [f'{what} {paths[0]!r}' for what, paths in (('missing', missing), ('empty', empty)) if paths]
+        raise FileNotFoundError(f'{source}: {len(missing)} image files are missing and {len(empty)} are empty (first '
+                                f'{", ".join(first)}); check --data-dir (the image root) or fix the files.')
+
+
 def _count_labels(samples: Sequence[Tuple[str, int]], num_classes: int) -> List[int]:
     return np.bincount([label for _, label in samples], minlength=num_classes).tolist()
 
@@ -171,6 +208,7 @@ def create_list_lt(
     samples = read_list_file(list_path, spec.num_classes)
     classes = [str(i) for i in range(spec.num_classes)]
     full = [(os.path.join(root, rel), label) for rel, label in samples]
+    _check_files_exist(full, list_path)
     if split == 'train' or os.path.basename(split).endswith('_train.txt'):
         return FileLTDataset(
             full, classes, class_counts=_count_labels(samples, spec.num_classes), transform=transform)
@@ -225,6 +263,9 @@ def create_folder_lt(
 
     if is_train_split(split, 'folder_lt'):
         samples = train_samples()
+        _check_files_exist(samples, train_dir)
         return FileLTDataset(samples, classes, class_counts=_count_labels(samples, len(classes)), transform=transform)
-    samples = make_dataset(_split_dir(root, split), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    split_dir = _split_dir(root, split)
+    samples = make_dataset(split_dir, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    _check_files_exist(samples, split_dir)
     return FileLTDataset(samples, classes, counts_source=train_counts, transform=transform)

@@ -110,9 +110,13 @@ class InstanceSampler(LTSampler):
     exceeds the dataset, concatenating fresh permutations)."""
 
     def _draw(self, generator: torch.Generator) -> torch.Tensor:
-        n = len(self.targets)
-        perms = [torch.randperm(n, generator=generator) for _ in range(math.ceil(self.num_samples / n))]
-        return torch.cat(perms)[:self.num_samples]
+        return _permutations(len(self.targets), self.num_samples, generator)
+
+
+def _permutations(n: int, num_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """``num_samples`` indices of ``range(n)``: fresh permutations concatenated, each image once per ``n`` draws."""
+    perms = [torch.randperm(n, generator=generator) for _ in range(math.ceil(num_samples / n))]
+    return torch.cat(perms)[:num_samples]
 
 
 class _ClassPowerSampler(LTSampler):
@@ -174,17 +178,29 @@ class DeferredSampler(_ClassPowerSampler):
     the official RSG large-scale scripts do (Cui et al.'s weights; with beta = 0.9999 and a few hundred images per
     class this is close to class-balanced).
 
+    Before the switch, images are drawn instance-balanced with replacement (about 63 % of them seen per epoch), or,
+    with ``shuffle_before_switch``, visited once each in a seeded shuffle, as the official scripts' shuffled
+    DataLoader does.
+
     Args:
         switch_epoch: first (0-based) re-sampled epoch.
         beta: effective-number beta.
+        shuffle_before_switch: a permutation per epoch before the switch instead of draws with replacement.
     """
 
-    def __init__(self, targets: Targets, switch_epoch: int = 0, beta: float = 0.9999, **kwargs):
+    def __init__(self, targets: Targets, switch_epoch: int = 0, beta: float = 0.9999,
+                 shuffle_before_switch: bool = False, **kwargs):
         super().__init__(targets, **kwargs)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f'beta must lie in [0, 1), got {beta}.')
         self.switch_epoch = int(switch_epoch)
         self.beta = beta
+        self.shuffle_before_switch = bool(shuffle_before_switch)
+
+    def _draw(self, generator: torch.Generator) -> torch.Tensor:
+        if self.shuffle_before_switch and self.epoch < self.switch_epoch:
+            return _permutations(len(self.targets), self.num_samples, generator)
+        return super()._draw(generator)
 
     def class_probs(self) -> torch.Tensor:
         counts = self.class_counts.double()
@@ -215,7 +231,7 @@ def create_sampler(
         rank: this process's rank.
         seed: base seed (epoch e uses seed + e on every rank).
         total_epochs: T of the progressive sampler; ignored by the others.
-        options: sampler-specific arguments (``deferred``: ``switch_epoch``, ``beta``).
+        options: sampler-specific arguments (``deferred``: ``switch_epoch``, ``beta``, ``shuffle_before_switch``).
     """
     sampler_cls = _SAMPLERS.get(name)
     targets = getattr(targets, 'targets', targets)
@@ -226,8 +242,8 @@ def create_sampler(
 
 def sampler_kwargs(args) -> dict:
     """The ``create_sampler`` keyword arguments from a train.py namespace (``seed``, ``epochs``, ``world_size``,
-    ``rank``, and ``drs_epoch`` / ``cb_beta`` for ``--sampler deferred``); the only function here that reads an
-    argparse namespace."""
+    ``rank``, and ``drs_epoch`` / ``cb_beta`` / ``drs_shuffle`` for ``--sampler deferred``); the only function here
+    that reads an argparse namespace."""
     kwargs = dict(
         num_replicas=getattr(args, 'world_size', 1) or 1,
         rank=getattr(args, 'rank', 0) or 0,
@@ -235,5 +251,6 @@ def sampler_kwargs(args) -> dict:
         total_epochs=getattr(args, 'epochs', None),
     )
     if getattr(args, 'sampler', None) == 'deferred':
-        kwargs.update(switch_epoch=args.drs_epoch, beta=args.cb_beta)
+        kwargs.update(switch_epoch=args.drs_epoch, beta=args.cb_beta,
+                      shuffle_before_switch=bool(getattr(args, 'drs_shuffle', False)))
     return kwargs

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision import transforms as T
 
-from .constants import CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD
+from ..constants import CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = [
     'CifarBatchTransform', 'TensorBatchLoader', 'to_nchw', 'default_mean_std', 'build_transform',

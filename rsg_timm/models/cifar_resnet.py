@@ -23,8 +23,8 @@ from timm.models._features import feature_take_indices
 from timm.models._helpers import clean_state_dict
 from timm.models._manipulate import checkpoint_seq
 
-from ..data.constants import CIFAR10_MEAN, CIFAR10_STD
-from .pretrained import pretrained_cfgs, tag_model_args
+from ..constants import CIFAR10_MEAN, CIFAR10_STD
+from .pretrained import resolve_zoo_tag
 
 __all__ = ['CifarResNet', 'BasicBlock', 'NormedLinear', 'checkpoint_filter_fn']
 
@@ -351,7 +351,7 @@ class CifarResNet(nn.Module):
 
 def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
     # a zoo tag's weights need the architecture options they were trained with (e.g. LDAM's cosine head)
-    kwargs = dict(tag_model_args(variant, kwargs.get('pretrained_cfg')), **kwargs)
+    kwargs = resolve_zoo_tag(variant, kwargs)
     return build_model_with_cfg(
         CifarResNet,
         variant,
@@ -374,14 +374,14 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
-# untagged (default, no weights) plus the model zoo's tags (``cifar_resnet32.<tag>``), see models/pretrained.py
-default_cfgs = generate_default_cfgs(pretrained_cfgs({
+# untagged, no weights; the model zoo's tags (``cifar_resnet32.<tag>``) resolve on request, see models/pretrained.py
+default_cfgs = generate_default_cfgs({
     'cifar_resnet20': _cfg(),
     'cifar_resnet32': _cfg(),
     'cifar_resnet44': _cfg(),
     'cifar_resnet56': _cfg(),
     'cifar_resnet110': _cfg(),
-}))
+})
 
 
 @register_model

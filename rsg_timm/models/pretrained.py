@@ -1,26 +1,28 @@
 """The model zoo: trained rsg_timm checkpoints as timm pretrained tags (``cifar_resnet32.<tag>``).
 
 A tag is one entry of ``rsg_timm/pretrained/tags.json``, keyed ``<arch>.<tag>``, whose weights ship beside it as
-``rsg_timm/pretrained/<arch>.<tag>.safetensors`` (the backbone export of a train.py run). :func:`pretrained_cfgs`
-merges the entries into a model module's ``default_cfgs`` so that::
+``rsg_timm/pretrained/<arch>.<tag>.safetensors`` (the backbone export of a train.py run). The architecture's
+entrypoint resolves the tag with :func:`resolve_zoo_tag`, so that::
 
     timm.create_model('cifar_resnet32.<tag>', pretrained=True)
 
 loads the shipped file offline, or, when the package was installed without it, the published copy at the entry's
 ``hf_hub_id`` (the same files as ``hf-hub:<hf_hub_id>``). An entry holds the published head's ``num_classes``, the
 data config the run used, the ``model_args`` the architecture was built with (``use_norm`` for an LDAM cosine
-head: a cfg cannot carry them, so :func:`tag_model_args` hands them to the entrypoint) and ``notes`` (measured
-accuracy, training command).
+head: a cfg cannot carry them, so they join the entrypoint's kwargs) and ``notes`` (measured accuracy, training
+command).
 
-The untagged cfg stays each architecture's default: ``create_model('cifar_resnet32', pretrained=True)`` keeps
-failing with timm's "No pretrained weights exist" rather than silently picking a zoo checkpoint trained for one
-particular dataset and head, and the ``rsg_*`` wrappers (which take the backbone's default cfg) keep starting from
-scratch. Ask for a zoo checkpoint by its tag.
+The table is read on the first tagged request, not at import (``import rsg_timm`` reads no file), so timm's
+registry holds only the untagged cfgs: ``timm.list_pretrained()`` does not list zoo tags (read ``tags.json``), and
+``create_model('cifar_resnet32', pretrained=True)`` keeps failing with timm's "No pretrained weights exist" rather
+than silently picking a zoo checkpoint trained for one particular dataset and head; the ``rsg_*`` wrappers (which
+take the backbone's default cfg) keep starting from scratch. Ask for a zoo checkpoint by its tag.
 
 Entries are added with ``python -m rsg_timm.hub add-pretrained RUN_DIR --tag TAG --hf-hub-id ORG/NAME``
-(:func:`add_pretrained`); the table is read once, at import, when the model modules register.
+(:func:`add_pretrained`); a process that has already read the table sees new entries after a restart.
 """
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -30,11 +32,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from timm.models import PretrainedCfg, model_entrypoint
+from timm.models import PretrainedCfg, get_pretrained_cfg, model_entrypoint
 
-from ..model_card import read_run
-
-__all__ = ['PRETRAINED_DIR', 'load_pretrained_tags', 'pretrained_cfgs', 'tag_model_args', 'add_pretrained']
+__all__ = ['PRETRAINED_DIR', 'load_pretrained_tags', 'resolve_zoo_tag', 'add_pretrained']
 
 _logger = logging.getLogger(__name__)
 
@@ -74,61 +74,53 @@ def load_pretrained_tags(pretrained_dir: Union[str, os.PathLike] = PRETRAINED_DI
     return tags
 
 
-_TAGS = load_pretrained_tags()
+@functools.lru_cache(maxsize=None)
+def _shipped_tags() -> Tags:
+    """The package's zoo table, read on the first zoo request (importing rsg_timm reads no file)."""
+    return load_pretrained_tags()
 
 
-def pretrained_cfgs(
-        base_cfgs: Mapping[str, Dict[str, Any]],
+def resolve_zoo_tag(
+        arch: str,
+        kwargs: Mapping[str, Any],
         tags: Optional[Tags] = None,
         pretrained_dir: Union[str, os.PathLike] = PRETRAINED_DIR,
-) -> Dict[str, Dict[str, Any]]:
-    """A module's untagged cfgs plus its zoo tags, keyed for ``timm.models.generate_default_cfgs``.
+) -> Dict[str, Any]:
+    """An entrypoint's kwargs with a zoo tag resolved: ``pretrained_cfg='<tag>'`` becomes the tag's cfg, and the
+    architecture options its weights were trained with (``model_args``) are added beneath the caller's.
 
-    Each untagged cfg is keyed ``<arch>.*`` and comes after its tags: ``generate_default_cfgs`` promotes the first
-    tag with weights to the default, and only a starred key seen after it takes the default back. A tag's cfg is
-    its architecture's base cfg updated by the entry, with ``file`` set to the shipped weights (absolute) when they
-    are present.
-
-    Args:
-        base_cfgs: ``{arch: cfg}`` of the module; entries for other architectures are left for their modules.
-        tags: the zoo table; the shipped one by default.
-        pretrained_dir: where the tagged weights live.
-    """
-    tags = _TAGS if tags is None else tags
-    cfgs = {}
-    for name, entry in tags.items():
-        arch = name.split('.', 1)[0]
-        if arch not in base_cfgs:
-            continue
-        cfg = dict(base_cfgs[arch], **{k: v for k, v in entry.items() if k in _ENTRY_CFG_FIELDS})
-        weights = Path(pretrained_dir).resolve() / f'{name}.safetensors'
-        if weights.is_file():
-            cfg['file'] = str(weights)
-        elif not cfg.get('hf_hub_id'):
-            _logger.warning(f'{name}: no {weights} and no hf_hub_id, so the tag has no weights')
-        cfgs[name] = cfg
-    cfgs.update((f'{arch}.*', cfg) for arch, cfg in base_cfgs.items())
-    return cfgs
-
-
-def tag_model_args(arch: str, pretrained_cfg: Any, tags: Optional[Tags] = None) -> Dict[str, Any]:
-    """The create_model kwargs a zoo tag's weights were trained with (``{}`` for anything but a zoo tag name).
+    timm hands the entrypoint the tag of ``create_model('<arch>.<tag>')`` as ``pretrained_cfg``. A tag's cfg is the
+    architecture's untagged cfg updated by the entry, with ``file`` set to the shipped weights (absolute) when they
+    are present. Anything but a zoo tag of ``arch`` is returned unchanged, for timm to resolve.
 
     Args:
         arch: the architecture being built.
-        pretrained_cfg: what the entrypoint received as ``pretrained_cfg`` (a tag name for ``arch.tag``).
+        kwargs: what the entrypoint received.
         tags: the zoo table; the shipped one by default.
+        pretrained_dir: where the tagged weights live.
     """
-    if not isinstance(pretrained_cfg, str):
-        return {}
-    tags = _TAGS if tags is None else tags
-    return dict(tags.get(f'{arch}.{pretrained_cfg}', {}).get('model_args', {}))
+    tag = kwargs.get('pretrained_cfg')
+    if not isinstance(tag, str) or not tag:
+        return dict(kwargs)
+    name = f'{arch}.{tag}'
+    entry = (_shipped_tags() if tags is None else tags).get(name)
+    if entry is None:
+        return dict(kwargs)
+    cfg = dict(get_pretrained_cfg(arch).to_dict(), architecture=arch, tag=tag,
+               **{k: v for k, v in entry.items() if k in _ENTRY_CFG_FIELDS})
+    weights = Path(pretrained_dir).resolve() / f'{name}.safetensors'
+    if weights.is_file():
+        cfg['file'] = str(weights)
+    elif not cfg.get('hf_hub_id'):
+        _logger.warning(f'{name}: no {weights} and no hf_hub_id, so the tag has no weights')
+    return dict(entry.get('model_args', {}), **dict(kwargs, pretrained_cfg=cfg))
 
 
 def _run_notes(run_dir: Path) -> List[str]:
     """The run's last-epoch accuracy (with the best test epoch, labelled) and its training command, if it is a run."""
     if not (run_dir / 'args.yaml').is_file():
         return []
+    from ..model_card import read_run  # here, not at the top: reading a run needs pandas, model code must not
     run = read_run(run_dir)
     notes = [f'trained with: python train.py --config {run_dir / "args.yaml"}']
     last, best = run.last, run.best

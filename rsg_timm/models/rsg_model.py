@@ -32,9 +32,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrai
     register_model
 from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import ResNet
+from timm.utils import unwrap_model
 
 from ..rsg import RSG
-from .cifar_resnet import CifarResNet, _check_checkpoint_keys, _unwrap_checkpoint, checkpoint_filter_fn
+from .cifar_resnet import CifarResNet, NormedLinear, _check_checkpoint_keys, _unwrap_checkpoint, checkpoint_filter_fn
 
 __all__ = ['RSGOutput', 'RSGMixin', 'RSGResNet', 'RSGCifarResNet', 'backbone_arch']  # register_model adds each rsg_* entrypoint
 
@@ -72,6 +73,7 @@ class RSGMixin:
             rsg_head_ratio: float = 0.2,
             rsg_cesc_weight: float = 0.1,
             rsg_mv_weight: float = 0.01,
+            rsg_init: str = 'rsg',
             **kwargs,
     ) -> nn.Module:
         """Build ``backbone_name`` through its timm entrypoint (``kwargs`` go there) and add RSG.
@@ -86,7 +88,15 @@ class RSGMixin:
             rsg_head_ratio: share of classes (the most frequent ones) treated as head classes.
             rsg_cesc_weight: weight of the CESC loss in ``aux_loss``.
             rsg_mv_weight: weight of the MV loss in ``aux_loss``.
+            rsg_init: ``'rsg'`` keeps RSG's own init (the official CIFAR models); ``'backbone'`` re-initialises
+                RSG's convolutions (kaiming, fan_out) and ``contrastive_fc`` (kaiming, fan_in) as the official
+                ImageNet-family ResNet's init loop does, since RSG is built inside it (timm ResNets only).
         """
+        if rsg_init not in _RSG_INITS:
+            raise ValueError(f'rsg_init must be one of {_RSG_INITS}, got {rsg_init!r}')
+        if rsg_init == 'backbone' and cls.__bases__[-1] is not ResNet:
+            raise ValueError(f"rsg_init='backbone' follows the official ImageNet-family ResNet; the official "
+                             f"{cls.__bases__[-1].__name__} keeps RSG's own init, so use rsg_init='rsg'")
         model = timm.create_model(backbone_name, **kwargs)
         base = cls.__bases__[-1]
         if type(model) is not base:
@@ -96,6 +106,7 @@ class RSGMixin:
         model.__class__ = cls  # adds methods only: the modules, parameters and state_dict keys stay the backbone's
         model.backbone_name = backbone_name
         model.backbone_kwargs = dict(kwargs)
+        model.rsg_init = rsg_init
         model._init_rsg(
             stage=rsg_stage, n_center=rsg_n_center, contrastive_dim=rsg_contrastive_dim, strength=rsg_strength,
             epoch_thresh=rsg_epoch_thresh, head_ratio=rsg_head_ratio, cesc_weight=rsg_cesc_weight,
@@ -142,9 +153,12 @@ class RSGMixin:
     def _create_rsg_module(self) -> RSG:
         """A fresh RSG for the current classes; head classes follow the official rule until class counts arrive."""
         num_head = int(self.rsg_head_ratio * self.num_classes)
-        return RSG(
+        rsg = RSG(
             num_classes=self.num_classes, head_class_lists=list(range(num_head)), **self._rsg_args,
             **get_device_dtype(self))
+        if self.rsg_init == 'backbone':
+            _init_like_official_resnet(rsg)
+        return rsg
 
     @property
     def rsg_head_classes(self) -> List[int]:
@@ -176,8 +190,12 @@ class RSGMixin:
         return head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Reset the backbone's head; RSG's per-class parameters restart when the class count changes."""
+        """Reset the backbone's head (a cosine head stays cosine); RSG's per-class parameters restart when the class
+        count changes."""
+        cosine = isinstance(self.get_classifier(), NormedLinear) and not isinstance(self, CifarResNet)
         super().reset_classifier(num_classes, global_pool)
+        if cosine and num_classes > 0:
+            self.fc = NormedLinear(self.fc.in_features, num_classes, **get_device_dtype(self.fc)).train(self.training)
         self.backbone_kwargs.update(num_classes=num_classes, global_pool=self.global_pool.pool_type)
         if num_classes != self.rsg.num_classes:
             self.rsg = self._create_rsg_module()
@@ -213,6 +231,27 @@ class RSGMixin:
         if target is None or not self.training:
             return super().forward(x)
         return self._forward_rsg(x, target)
+
+
+def is_rsg_model(model: Union[nn.Module, str]) -> bool:
+    """Whether ``model`` carries RSG: a module (also wrapped by DDP or ``torch.compile``), or a model name such as
+    ``rsg_resnet32`` or ``rsg_resnet50.a1_in1k``. The one answer to the question for the whole package."""
+    if isinstance(model, str):
+        return backbone_arch(model) != timm.models.get_arch_name(model)
+    return isinstance(unwrap_model(model), RSGMixin)
+
+
+_RSG_INITS = ('rsg', 'backbone')
+
+
+def _init_like_official_resnet(rsg: RSG) -> None:
+    """The official ImageNet-family ResNet's init loop over RSG's modules: kaiming-normal (fan_out, relu) convolution
+    weights and kaiming-normal (fan_in) linear weights; biases and RSG's own parameters keep RSG's init."""
+    for m in rsg.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        elif isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight)
 
 
 class RSGResNet(RSGMixin, ResNet):

@@ -2,7 +2,7 @@
 
 __all__ = [
     'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
-    'MANY_SHOT_MIN', 'FEW_SHOT_MAX', 'CLASS_COUNTS_KEY', 'LABEL_NAMES_KEY',
+    'MANY_SHOT_MIN', 'FEW_SHOT_MAX', 'CLASS_COUNTS_KEY', 'LABEL_NAMES_KEY', 'RSG_KEY_PREFIX',
 ]
 
 # The CIFAR statistics used by LDAM-DRW and the official RSG code (so recipes and checkpoints carry over).
@@ -18,3 +18,5 @@ FEW_SHOT_MAX = 20
 # Keys under which training class counts and label names travel in checkpoints and config.json.
 CLASS_COUNTS_KEY = 'class_counts'
 LABEL_NAMES_KEY = 'label_names'
+# State-dict keys of an RSG model's RSG module (the backbone's keys have no prefix).
+RSG_KEY_PREFIX = 'rsg.'
