@@ -69,8 +69,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description='rsg_timm long-tailed training', formatter_class=_HelpFormatter,
-                                     parents=[config_parser])
+    parser = argparse.ArgumentParser(description='rsg_timm long-tailed training', formatter_class=_HelpFormatter)
+    # listed for --help (config_parser reads it first); its own action, as callers may rewrite these actions' defaults
+    parser.add_argument('-c', '--config', default='', metavar='FILE',
+                        help='YAML file whose keys are argument names (explicit flags win)')
     group = parser.add_argument_group('Dataset parameters')
     group.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root (not needed for demo)')
     group.add_argument('--dataset', default='demo', help=f'one of: {", ".join(list_lt_datasets())}')
