@@ -191,6 +191,7 @@ def add_pretrained(
     if config.get('class_counts'):
         entry['class_counts'] = config['class_counts']
     if (run_dir / 'args.yaml').is_file():
+        from ..model_card import read_run  # here, not at the top: reading a run needs pandas, model code must not
         run_args = read_run(run_dir).args
         entry['train_args'] = {k: run_args[k] for k in _TRAIN_ARG_KEYS if k in run_args}
     entry['notes'] = [*_run_notes(run_dir), *notes]
