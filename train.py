@@ -7,9 +7,13 @@ concept; YAML from ``--config`` sets defaults, explicit flags win, and the resol
 Pass a plain backbone (``--model cifar_resnet32``) to train the same network without RSG.
 """
 import argparse
+import copy
 import csv
+import datetime
+import difflib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -30,10 +34,10 @@ from rsg_timm.checkpoint import RunCheckpointSaver, checkpoint_extras, find_resu
 from rsg_timm.constants import CLASS_COUNTS_KEY
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
     list_lt_datasets, list_samplers, sampler_kwargs
-from rsg_timm.engine import evaluate, train_one_epoch
+from rsg_timm.engine import check_divergence, evaluate, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
-from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
+from rsg_timm.metrics import format_metrics, plot_per_class_accuracy, plot_training_curves
 from rsg_timm.models import backbone_arch, is_rsg_model, set_cosine_classifier, supports_cosine_classifier
 
 _logger = logging.getLogger('train')
@@ -49,8 +53,26 @@ config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE
                            help='YAML file whose keys are argument names (explicit flags win)')
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, flags without a help line included, unless the help already explains it."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings and action.default not in (None, ''):
+            action = copy.copy(action)
+            action.help = '(default: %(default)s)'  # argparse prints nothing for a flag without help
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, '') or 'default' in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description='rsg_timm long-tailed training')
+    parser = argparse.ArgumentParser(description='rsg_timm long-tailed training', formatter_class=_HelpFormatter)
+    # listed for --help (config_parser reads it first); its own action, as callers may rewrite these actions' defaults
+    parser.add_argument('-c', '--config', default='', metavar='FILE',
+                        help='YAML file whose keys are argument names (explicit flags win)')
     group = parser.add_argument_group('Dataset parameters')
     group.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root (not needed for demo)')
     group.add_argument('--dataset', default='demo', help=f'one of: {", ".join(list_lt_datasets())}')
@@ -100,8 +122,10 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--imb-select', default='first', choices=('first', 'shuffle'),
                        help="first: the RSG paper's CIFAR-LT subset; shuffle: LDAM-DRW's seeded subset")
     group.add_argument('--sampler', default='instance', help=f'one of: {", ".join(list_samplers())}')
-    group.add_argument('--loss', default='ldam', help=f'one of: {", ".join(list_losses())}')
-    group.add_argument('--reweight', default='drw', help=f'one of: {", ".join(list_reweights())}')
+    group.add_argument('--loss', default=None,
+                       help=f'one of: {", ".join(list_losses())} (default: ldam with a cosine classifier, else ce)')
+    group.add_argument('--reweight', default=None,
+                       help=f'one of: {", ".join(list_reweights())} (default: drw with --loss ldam, else none)')
     group.add_argument('--drw-epoch', type=int, default=None, help='first re-weighted epoch (default 80%% in)')
     group.add_argument('--drs-epoch', type=int, default=None,
                        help='first re-sampled epoch of --sampler deferred (default 80%% in)')
@@ -109,26 +133,35 @@ def _build_parser() -> argparse.ArgumentParser:
                        help='--sampler deferred: before --drs-epoch, each image once per epoch in a seeded shuffle '
                             '(the official scripts) instead of instance-balanced draws with replacement')
     group.add_argument('--cb-beta', type=float, default=0.9999, help='effective-number beta')
-    group.add_argument('--focal-gamma', type=float, default=None)
-    group.add_argument('--ldam-max-m', type=float, default=None)
-    group.add_argument('--ldam-s', type=float, default=None)
-    group.add_argument('--la-tau', type=float, default=None)
+    group.add_argument('--focal-gamma', type=float, default=None, help='focal loss gamma (loss default 1.0)')
+    group.add_argument('--ldam-max-m', type=float, default=None, help='largest LDAM margin (loss default 0.5)')
+    group.add_argument('--ldam-s', type=float, default=None,
+                       help='LDAM logit scale, for cosine logits in [-1, 1] (loss default 30)')
+    group.add_argument('--la-tau', type=float, default=None, help='logit-adjusted loss tau (loss default 1.0)')
     group.add_argument('--cosine-classifier', action=argparse.BooleanOptionalAction, default=None,
-                       help='cosine classifier (default: with --loss ldam on the CIFAR and timm ResNet families, as '
-                            'LDAM/RSG do)')
+                       help='cosine classifier (default: on the CIFAR ResNets without --loss, or with --loss ldam '
+                            'where the model supports it, as LDAM/RSG do); it makes --loss ldam (+ drw) the default')
     group.add_argument('--official-init', action='store_true',
                        help='timm ResNets as the official RSG ImageNet-family code: no zero-init of the last BN of '
                             'each block, RSG re-initialised by the backbone loop (rsg_init=backbone)')
 
     group = parser.add_argument_group('RSG parameters (rsg_* models; defaults from the model)')
-    group.add_argument('--rsg-stage', type=int, default=None)
-    group.add_argument('--rsg-n-center', type=int, default=None)
-    group.add_argument('--rsg-contrastive-dim', type=int, default=None)
-    group.add_argument('--rsg-strength', type=float, default=None)
-    group.add_argument('--rsg-epoch-thresh', type=int, default=None, help='last CESC epoch (default 80%% in, -1)')
-    group.add_argument('--rsg-head-ratio', type=float, default=None)
-    group.add_argument('--rsg-cesc-weight', type=float, default=None)
-    group.add_argument('--rsg-mv-weight', type=float, default=None)
+    group.add_argument('--rsg-stage', type=int, default=None,
+                       help='insert RSG after this backbone stage (model default: 2 for CIFAR, 3 for ImageNet ResNets)')
+    group.add_argument('--rsg-n-center', type=int, default=None, help='class centres per class (model default 15)')
+    group.add_argument('--rsg-contrastive-dim', type=int, default=None,
+                       help="width of RSG's contrastive pair classifier (model default 256)")
+    group.add_argument('--rsg-strength', type=float, default=None,
+                       help='transfer strength: scales how many rare-class samples are generated per batch (model '
+                            'default 1.0)')
+    group.add_argument('--rsg-epoch-thresh', type=int, default=None,
+                       help='last CESC-only epoch; generation starts after it (default 80%% in, -1)')
+    group.add_argument('--rsg-head-ratio', type=float, default=None,
+                       help='share of the most frequent classes RSG treats as head (model default 0.2)')
+    group.add_argument('--rsg-cesc-weight', type=float, default=None,
+                       help='weight of the CESC loss (centre estimation, sample contrast; model default 0.1)')
+    group.add_argument('--rsg-mv-weight', type=float, default=None,
+                       help='weight of the MV (maximised vector) loss (model default 0.01)')
 
     group = parser.add_argument_group('Optimizer parameters')
     group.add_argument('--opt', default='momentum',
@@ -145,7 +178,8 @@ def _build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group('Learning rate schedule parameters')
     group.add_argument('--sched', default='multistep')
     group.add_argument('--epochs', type=int, default=30)
-    group.add_argument('--warmup-epochs', type=int, default=4, help='with --warmup-lr 0.02: the RSG warm-up')
+    group.add_argument('--warmup-epochs', type=int, default=4,
+                       help='with --warmup-lr 0.02: the RSG warm-up (scaled to a fifth of a shorter run)')
     group.add_argument('--warmup-lr', type=float, default=0.02)
     group.add_argument('--min-lr', type=float, default=0.0)
     group.add_argument('--decay-milestones', type=int, nargs='+', default=None,
@@ -162,7 +196,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group('Miscellaneous parameters')
     group.add_argument('--seed', type=int, default=42)
-    group.add_argument('--log-interval', type=int, default=50)
+    group.add_argument('--log-interval', type=int, default=50, help='log every this many steps')
+    group.add_argument('--log-seconds', type=float, default=10.0,
+                       help='without a progress bar, also log once this many seconds have passed (0: off)')
     group.add_argument('--checkpoint-hist', type=int, default=3)
     group.add_argument('-j', '--workers', type=int, default=2, help='loader workers for file-based datasets')
     group.add_argument('--output', default='', help='runs go to OUTPUT/<experiment> (default ./output/train)')
@@ -174,7 +210,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _arg_names(parser: argparse.ArgumentParser) -> set:
-    return {a.dest for a in parser._actions} - {'help'}
+    return {a.dest for a in parser._actions} - {'help', 'config'}
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -288,8 +324,28 @@ def _truncate_summary(path: str, start_epoch: int) -> None:
 
 
 def _resolve_defaults(args: argparse.Namespace) -> None:
-    """Scale the RSG CIFAR recipe's epoch milestones (LR decay from 159/179, DRW from 160, generation after 159 of
-    200) to ``--epochs`` where no value was given, and check the RSG flags fit the model."""
+    """Fill the flags left unset: the loss by head (LDAM + DRW where the cosine classifier is used, CE otherwise),
+    the RSG CIFAR recipe's epoch milestones (LR decay from 159/179, DRW from 160, generation after 159 of 200)
+    scaled to ``--epochs``, a warm-up that fits the run; and check the model name and the RSG flags."""
+    if not timm.is_model(args.model):
+        close = difflib.get_close_matches(args.model, timm.list_models(), n=5, cutoff=0.6)
+        raise SystemExit(f'error: Unknown model {args.model!r}' + (f'; close matches: {", ".join(close)}' if close
+                                                                   else "; timm.list_models('*name*') lists them"))
+    # LDAM multiplies the logits by s = 30, meant for a cosine head's [-1, 1]; on a linear head it diverges
+    if args.cosine_classifier is None:
+        args.cosine_classifier = supports_cosine_classifier(args.model) and (
+            args.loss == 'ldam' or (args.loss is None and backbone_arch(args.model).startswith('cifar_resnet')))
+    if args.loss is None:
+        args.loss = 'ldam' if args.cosine_classifier else 'ce'
+    if args.reweight is None:
+        args.reweight = 'drw' if args.loss == 'ldam' else 'none'
+    if args.loss == 'ldam' and not args.cosine_classifier:
+        _logger.warning(f'--loss ldam on the linear head of {args.model}: LDAM scales the logits by s '
+                        f'(--ldam-s, 30 by default) for a cosine classifier and tends to diverge on a linear one')
+    if args.warmup_epochs >= args.epochs > 0:
+        _logger.warning(f'--warmup-epochs {args.warmup_epochs} would ramp the whole {args.epochs}-epoch run; '
+                        f'using {args.epochs // 5}')
+        args.warmup_epochs = args.epochs // 5
     late = int(LATE_PHASE * args.epochs)
     if args.decay_milestones is None:
         args.decay_milestones = [late, int(LAST_DECAY * args.epochs)]
@@ -313,7 +369,7 @@ def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> t
     kwargs.update({k: getattr(args, k) for k in RSG_FLAGS if getattr(args, k) is not None})
     cifar_family = backbone_arch(args.model).startswith('cifar_resnet')
     has_cosine = supports_cosine_classifier(args.model)
-    cosine = args.cosine_classifier if args.cosine_classifier is not None else (args.loss == 'ldam' and has_cosine)
+    cosine = args.cosine_classifier  # resolved in _resolve_defaults
     if cosine and not has_cosine:
         raise SystemExit(f'--cosine-classifier is available for the CIFAR and timm ResNet families, not {args.model}')
     if cosine and cifar_family:
@@ -330,8 +386,7 @@ def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> t
     if cosine and not cifar_family:  # timm's entrypoints take no cosine option: swap the built head
         set_cosine_classifier(model)
     if is_rsg_model(model):
-        head = model.set_class_counts(class_counts)
-        _logger.info(f'RSG head classes {head}; generation after epoch {model.rsg.epoch_thresh}')
+        model.set_class_counts(class_counts)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if args.torchcompile:
@@ -345,6 +400,48 @@ def create_lr_scheduler(args: argparse.Namespace, optimizer, updates_per_epoch: 
     """timm's scheduler for the resolved flags; returns ``(scheduler, num_epochs)``. Epoch ``e`` trains at the rate
     set by ``scheduler.step(e)`` (``step(0)`` is the scheduler's initial state)."""
     return create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=updates_per_epoch)
+
+
+def _drop_checkpoint_list(record: logging.LogRecord) -> bool:
+    """timm's saver logs its whole checkpoint list at every save; train.py logs it once, at the end."""
+    return not record.getMessage().startswith('Current checkpoints')
+
+
+def _describe_run(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, amp_dtype) -> str:
+    """One block that says what is in force: the resolved recipe, then the device and numerics."""
+    loss = args.loss + (f' (s {args.ldam_s or 30:g}, margin {args.ldam_max_m or 0.5:g})' if args.loss == 'ldam' else '')
+    reweight = args.reweight + (f' from epoch {args.drw_epoch}' if args.reweight == 'drw' else '')
+    sched = args.sched + (f' x{args.decay_rate:g} from epochs {args.decay_milestones}' if args.sched == 'multistep'
+                          else '')
+    lines = [
+        f'model      {args.model}, {"cosine" if args.cosine_classifier else "linear"} classifier, '
+        f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters',
+        f'loss       {loss}; re-weighting {reweight}; sampler {args.sampler}',
+        f'optimizer  {args.opt} lr {args.lr:g}, momentum {args.momentum:g}, weight decay {args.weight_decay:g}'
+        f'{" (all parameters)" if args.decay_all_params else ""}',
+        f'schedule   {args.epochs} epochs, {sched}; warm-up {args.warmup_epochs} epochs from {args.warmup_lr:g}',
+        f'device     {device} x {args.world_size}, {torch.get_num_threads()} threads, '
+        f'{"AMP " + str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"}, '
+        f'channels-last {"on" if args.channels_last else "off"}'
+        f'{", torch.compile " + args.torchcompile if args.torchcompile else ""}',
+    ]
+    if hasattr(model, 'rsg'):
+        lines.append(f'RSG        after stage {model.rsg_stage}, head classes {model.rsg_head_classes}; CESC only '
+                     f'through epoch {model.rsg.epoch_thresh}, generation after it')
+    return 'run configuration:\n  ' + '\n  '.join(lines)
+
+
+def _divergence_hint(args: argparse.Namespace) -> str:
+    if args.loss == 'ldam' and not args.cosine_classifier:
+        return (f'Likely cause: --loss ldam multiplies the logits by s = {args.ldam_s or 30:g}, which suits a cosine '
+                f'classifier, but {args.model} has a linear head. Use --loss ce (the default for linear heads), '
+                f'--cosine-classifier, or a much smaller --ldam-s.')
+    return f'Likely cause: a learning rate too high for this model; lower --lr ({args.lr:g}), warm up longer or ' \
+           f'add --clip-grad.'
+
+
+def _format_duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 class _RunState:
@@ -406,6 +503,7 @@ def _fork(path: str, model, optimizer, class_counts) -> int:
 
 def main(argv=None) -> dict:
     setup_default_logging()
+    logging.getLogger('timm.utils.checkpoint_saver').addFilter(_drop_checkpoint_list)
     args = _parse_args(argv)
     if args.resume and args.fork:
         raise SystemExit('--resume continues a run in its own folder, --fork starts a new one: pass one of them')
@@ -485,18 +583,20 @@ def main(argv=None) -> dict:
             yaml.safe_dump({k: v for k, v in vars(args).items() if k in names}, f, sort_keys=False)
         _logger.info(f'{args.model} on {args.dataset}: {len(train_set)} training images, class counts '
                      f'{class_counts}; writing to {output_dir}')
+        _logger.info(_describe_run(args, model, device, amp_dtype))
     checkpoint = None  # the resumed state is in place; free its tensors
 
     progress = is_primary(args) and not args.no_progress and sys.stderr.isatty()
     num_updates = start_epoch * len(train_loader)
     eval_metrics, evaluator = {}, None
+    run_start = time.perf_counter()
     for epoch in range(start_epoch, num_epochs):
         criterion.set_class_weight(reweight.weight_for_epoch(epoch))
         train_metrics = train_one_epoch(
             train_model, train_loader, criterion, optimizer, epoch=epoch, device=device, amp_dtype=amp_dtype,
             loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, num_updates=num_updates, clip_grad=args.clip_grad,
             clip_mode=args.clip_mode, channels_last=args.channels_last, log_interval=args.log_interval,
-            progress=progress)
+            log_seconds=args.log_seconds, num_epochs=num_epochs, progress=progress)
         num_updates = int(train_metrics.pop('num_updates'))
         if args.distributed:
             distribute_bn(model, args.world_size, reduce=True)
@@ -506,13 +606,22 @@ def main(argv=None) -> dict:
             distributed=args.distributed)
         lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
         if saver is not None:
-            _logger.info(f'epoch {epoch}: loss {train_metrics["loss"]:.4f} (cesc {train_metrics["cesc"]:.3f}, '
-                         f'mv {train_metrics["mv"]:.3f}, +{train_metrics["generated"]:.1f} samples/batch) '
+            # CE (the classifier's loss) first: the total is dominated by the auxiliary terms of RSG
+            elapsed = time.perf_counter() - run_start
+            eta = elapsed / (epoch + 1 - start_epoch) * (num_epochs - epoch - 1)
+            phase = ''
+            if hasattr(model, 'rsg'):
+                phase = ' [RSG generation]' if epoch > model.rsg.epoch_thresh else ' [RSG CESC]'
+            _logger.info(f'epoch {epoch} ({epoch + 1}/{num_epochs}, {_format_duration(elapsed)} elapsed, ETA '
+                         f'{_format_duration(eta)}): ce {train_metrics["ce"]:.4f} (cesc {train_metrics["cesc"]:.3f}, '
+                         f'mv {train_metrics["mv"]:.3f}, +{train_metrics["generated"]:.1f} generated/batch; total '
+                         f'{train_metrics["loss"]:.4f}) lr {train_metrics["lr"]:.3g} '
                          f'{train_metrics["images_per_sec"]:.0f} img/s | eval '
-                         + format_metrics(eval_metrics, ('top1', 'many', 'medium', 'few', 'ece')))
+                         + format_metrics(eval_metrics, ('loss', 'top1', 'many', 'medium', 'few', 'ece')) + phase)
             update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),
                            lr=train_metrics['lr'])
             saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
+        check_divergence(epoch, train_metrics['ce'], eval_metrics['loss'], _divergence_hint(args))
 
     if saver is None or evaluator is None:
         return eval_metrics
@@ -532,15 +641,22 @@ def main(argv=None) -> dict:
                     data_config=data_config)
     evaluator.per_class().to_csv(os.path.join(output_dir, 'per_class.csv'), index=False)
     plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
+    plot_training_curves(os.path.join(output_dir, 'summary.csv'), os.path.join(output_dir, 'curves.png'))
     result = dict(eval_metrics, selected=selected, best_metric=saver.best_metric, best_epoch=saver.best_epoch,
                   output_dir=output_dir)
     _logger.info(f'final ({selected}): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
                                                                          'ece'))
                  + f' | best {args.eval_metric} {saver.best_metric:.2f} at epoch {saver.best_epoch}')
-    print('--result')
-    print(json.dumps(result, indent=2))
+    _logger.info('checkpoints (by ' + args.eval_metric + '): '
+                 + ', '.join(f'{os.path.basename(path)} {metric:.2f}' for path, metric in saver.checkpoint_files))
+    print('--result')  # strict JSON: an empty shot group is null, not NaN
+    print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}, indent=2))
     return result
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    try:
+        run_cli(main)
+    finally:  # a process group left to the interpreter's exit aborted a torchrun rank once in 11 runs under load
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -4,29 +4,35 @@
 Besides timm's top-1/top-5 it reports many/medium/few-shot accuracy (by training images per class: > 100,
 20..100, < 20), per-class accuracy, ECE and the confusion matrix. The model can be a training checkpoint
 (``--model rsg_resnet32 --checkpoint output/train/RUN/last.pth.tar``; the plain backbone name works too), an exported
-backbone (``--model local-dir:output/train/RUN``) or a Hub id (``--model hf-hub:ORG/NAME``). ``--logit-adjust`` and
-``--tau-norm`` apply the post-hoc long-tail corrections.
+backbone (``--model local-dir:output/train/RUN``), a Hub id (``--model hf-hub:ORG/NAME``) or a zoo tag. The dataset
+and the training profile come from what the model records (the checkpoint's arguments, the run's ``args.yaml``
+beside an export, a zoo tag's entry); a model that records none needs ``--dataset``. ``--logit-adjust`` and
+``--tau-norm`` apply the post-hoc long-tail corrections, logit adjustment on the logits as the training loss saw them.
 """
 import argparse
 import json
 import logging
+import math
 import os
 from collections import OrderedDict
 from functools import partial
+from typing import Optional
 
 import pandas as pd
 import torch
+import yaml
 from timm.data import resolve_data_config
 from timm.utils import ParseKwargs, setup_default_logging
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.cli import run_cli
-from rsg_timm.checkpoint import create_eval_model
+from rsg_timm.checkpoint import create_eval_model, load_training_checkpoint
 from rsg_timm.data import create_lt_dataset, create_lt_loader, list_lt_datasets
 from rsg_timm.engine import evaluate
 from rsg_timm.export import strip_rsg
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
-from rsg_timm.posthoc import logit_adjust, tau_normalize
+from rsg_timm.models.pretrained import load_pretrained_tags
+from rsg_timm.posthoc import has_cosine_classifier, logit_adjust, tau_normalize, training_logit_scale
 
 _logger = logging.getLogger('validate')
 
@@ -34,14 +40,18 @@ _logger = logging.getLogger('validate')
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description='rsg_timm long-tailed validation')
     parser.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root (not needed for demo)')
-    parser.add_argument('--dataset', default='demo', help=f'one of: {", ".join(list_lt_datasets())}')
+    parser.add_argument('--dataset', default=None,
+                        help=f'one of: {", ".join(list_lt_datasets())} (default: the one the model records; '
+                             'required when it records none)')
     parser.add_argument('--split', default='test', help='evaluated split (a list file path for list datasets)')
     parser.add_argument('--dataset-download', action='store_true', help='let torchvision download CIFAR')
     parser.add_argument('--imb-type', default=None, choices=('exp', 'step', 'none'),
                         help='training profile, used for many/medium/few when the model does not carry counts '
-                             '(default: exp for CIFAR-LT, none, the data as it is, otherwise)')
-    parser.add_argument('--imb-factor', type=float, default=0.01)
-    parser.add_argument('--imb-select', default='first', choices=('first', 'shuffle'))
+                             '(default: the recorded one, else exp for CIFAR-LT and none, the data as it is, '
+                             'otherwise)')
+    parser.add_argument('--imb-factor', type=float, default=None, help='(default: the recorded one, else 0.01)')
+    parser.add_argument('--imb-select', default=None, choices=('first', 'shuffle'),
+                        help='(default: the recorded one, else first)')
     parser.add_argument('--model', '-m', required=True, help='arch, local-dir:DIR or hf-hub:ORG/NAME')
     parser.add_argument('--checkpoint', default='', help='training checkpoint or state_dict file')
     parser.add_argument('--pretrained', action='store_true', help='pretrained weights (implied without --checkpoint)')
@@ -54,7 +64,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--logit-adjust', type=float, default=None, metavar='TAU',
-                        help='post-hoc logit adjustment: predict with logits - TAU * log(prior)')
+                        help='post-hoc logit adjustment: predict with S * logits - TAU * log(prior), S the scale '
+                             'the training loss applied (LDAM: its s, read from the training arguments)')
+    parser.add_argument('--logit-scale', type=float, default=None, metavar='S',
+                        help='the training logit scale S for --logit-adjust when the model does not record its loss '
+                             '(LDAM: --ldam-s, 30 by default; CE: 1)')
     parser.add_argument('--tau-norm', type=float, default=None, metavar='TAU',
                         help='post-hoc tau-normalisation of the classifier weights (bias dropped)')
     parser.add_argument('--results-file', default='', help='write the summary row here')
@@ -71,6 +85,65 @@ def _side_file(args: argparse.Namespace, explicit: str, suffix: str) -> str:
     return os.path.splitext(args.results_file)[0] + suffix
 
 
+def _training_record(model_name: str, checkpoint_path: str, cache_dir: Optional[str] = None) -> dict:
+    """The training arguments the model records (``{}`` when none): a checkpoint's ``args``, the ``args.yaml`` of
+    the run folder or Hub repo an export sits in, or a zoo tag's ``train_args`` and ``class_counts``."""
+    if checkpoint_path:
+        saved = load_training_checkpoint(checkpoint_path).get('args')
+        return dict(vars(saved) if isinstance(saved, argparse.Namespace) else saved or {})
+    path = None
+    if model_name.startswith('local-dir:'):
+        path = os.path.join(model_name[len('local-dir:'):], 'args.yaml')
+    elif model_name.startswith('hf-hub:'):
+        from huggingface_hub import hf_hub_download
+        repo_id, _, revision = model_name[len('hf-hub:'):].partition('@')
+        try:
+            path = hf_hub_download(repo_id, 'args.yaml', revision=revision or None, cache_dir=cache_dir)
+        except Exception as e:  # a repo pushed without its run records, or offline without a cached copy
+            _logger.info(f'{model_name}: no args.yaml ({type(e).__name__}), so no recorded training arguments')
+    else:
+        entry = load_pretrained_tags().get(model_name, {})
+        return dict(entry.get('train_args', {}), class_counts=entry.get('class_counts'))
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    return {}
+
+
+def _resolve_dataset(args: argparse.Namespace, record: dict) -> None:
+    """Take the dataset and its training profile from the record unless given; refuse to guess."""
+    recorded = record.get('dataset')
+    if args.dataset is None:
+        if recorded is None:
+            raise SystemExit(f'{args.model} does not record the dataset it was trained on; pass --dataset '
+                             f'({", ".join(list_lt_datasets())}) and --data-dir')
+        args.dataset = recorded
+        _logger.info(f'--dataset {recorded} (recorded by {args.model})')
+    elif recorded is not None and recorded != args.dataset:
+        _logger.warning(f'{args.model} was trained on {recorded}; evaluating it on {args.dataset}')
+    same = args.dataset == recorded
+    for key, default in (('imb_type', None), ('imb_factor', 0.01), ('imb_select', 'first')):  # None: by dataset
+        if getattr(args, key) is None:
+            setattr(args, key, record.get(key, default) if same else default)
+    if args.data_dir is None and same and record.get('data_dir') and os.path.exists(record['data_dir']):
+        args.data_dir = record['data_dir']
+
+
+def _logit_scale(args: argparse.Namespace, model: torch.nn.Module, record: dict) -> float:
+    """The factor the training loss applied to the logits; a cosine head with no recorded loss is refused."""
+    if args.logit_scale is not None:
+        return args.logit_scale
+    scale = training_logit_scale(record)
+    if scale is not None:
+        return scale
+    if has_cosine_classifier(model):
+        raise SystemExit(
+            f'--logit-adjust: {args.model} has a cosine classifier (logits in [-1, 1]) and records no training loss, '
+            f'so the scale its loss applied is unknown and log-priors would swamp the logits; pass --logit-scale S '
+            f'(the --ldam-s it was trained with, 30 by default)')
+    return 1.0
+
+
 def main(argv=None) -> dict:
     setup_default_logging()
     args = _build_parser().parse_args(argv)
@@ -80,7 +153,10 @@ def main(argv=None) -> dict:
     model, class_counts, label_names = create_eval_model(
         args.model, args.checkpoint, pretrained=args.pretrained or not args.checkpoint,
         num_classes=args.num_classes, **args.model_kwargs)
+    record = _training_record(args.model, args.checkpoint, cache_dir=args.model_kwargs.get('cache_dir'))
+    _resolve_dataset(args, record)
     model = strip_rsg(model)  # evaluation runs the deployable backbone; RSG adds nothing at test time
+    logit_scale = _logit_scale(args, model, record) if args.logit_adjust is not None else None
     if args.tau_norm is not None:
         model = tau_normalize(model, args.tau_norm)
     dataset = create_lt_dataset(args.dataset, args.data_dir, split=args.split, is_training=False,
@@ -90,10 +166,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f'{args.model} predicts {model.num_classes} classes but {args.dataset} has '
                          f'{len(dataset.classes)}; evaluate it on the dataset it was trained for')
     if class_counts is None:
+        class_counts = record.get('class_counts')
+    if class_counts is None:
         class_counts = list(dataset.class_counts)
         _logger.info(f'training class counts from the {args.dataset} profile (the model carries none)')
-    if args.logit_adjust is not None and class_counts is None:
-        raise SystemExit('--logit-adjust needs training class counts')
 
     data_config = resolve_data_config(vars(args), model=model)
     model.to(device)
@@ -102,7 +178,7 @@ def main(argv=None) -> dict:
     loader = create_lt_loader(dataset, dataset_name=args.dataset, batch_size=args.batch_size, is_training=False,
                               data_config=data_config, device=device, num_workers=args.workers,
                               channels_last=args.channels_last)
-    transform = partial(logit_adjust, class_counts=class_counts, tau=args.logit_adjust) \
+    transform = partial(logit_adjust, class_counts=class_counts, tau=args.logit_adjust, scale=logit_scale) \
         if args.logit_adjust is not None else None
     metrics, evaluator = evaluate(model, loader, device=device, num_classes=model.num_classes,
                                   class_counts=class_counts, label_names=label_names or list(dataset.classes),
@@ -111,10 +187,13 @@ def main(argv=None) -> dict:
     results = OrderedDict(model=args.model, checkpoint=args.checkpoint)
     for key in ('top1', 'top5'):
         results[key], results[f'{key}_err'] = round(metrics[key], 3), round(100 - metrics[key], 3)
-    results.update((k, round(v, 3)) for k, v in metrics.items() if k not in results)
-    results.update(param_count=round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-                   img_size=data_config['input_size'][-1], logit_adjust=args.logit_adjust, tau_norm=args.tau_norm)
-    _logger.info(format_metrics(metrics, ('top1', 'top5', 'many', 'medium', 'few', 'ece')))
+    # an empty shot group is NaN; JSON has no NaN, so it is written as null (an empty cell in the CSV)
+    results.update((k, None if math.isnan(v) else round(v, 3)) for k, v in metrics.items() if k not in results)
+    results.update(dataset=args.dataset, split=args.split, num_images=len(dataset), param_count=round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+                   img_size=data_config['input_size'][-1], logit_adjust=args.logit_adjust, logit_scale=logit_scale,
+                   tau_norm=args.tau_norm)
+    _logger.info(f'{args.model} on {args.dataset} {args.split} ({len(dataset)} images): '
+                 + format_metrics(metrics, ('top1', 'top5', 'many', 'medium', 'few', 'ece')))
     print('--result')
     print(json.dumps(results, indent=4))
 

@@ -3,12 +3,12 @@ import sys
 from typing import Any, Callable
 
 from .checkpoint import CheckpointError
-from .engine import NonFiniteLossError
+from .engine import DivergedError, NonFiniteLossError
 
 __all__ = ['USER_ERRORS', 'run_cli']
 
 # Errors whose message already names the bad input and the fix.
-USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError)
+USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError, DivergedError)
 
 
 def run_cli(main: Callable[[], Any]) -> Any:

@@ -16,7 +16,8 @@ from timm.utils import dispatch_clip_grad, unwrap_model
 
 from .metrics import LongTailEvaluator
 
-__all__ = ['NonFiniteLossError', 'train_one_epoch', 'evaluate', 'autocast_context']
+__all__ = ['NonFiniteLossError', 'DivergedError', 'check_divergence', 'train_one_epoch', 'evaluate',
+           'autocast_context', 'DIVERGED_CE']
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +31,31 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(
             f'non-finite loss at epoch {epoch}, step {step} ({named}); the weights were not updated. '
             f'Lower --lr, add --clip-grad, or check the data.')
+
+
+# A chance-level classifier has CE ln C (2.3 for 10 classes, 6.9 for 1000), and LDAM's s = 30 on cosine logits
+# keeps it below ~75; a mean CE above this means the logits are off any sane scale and the run will not recover.
+DIVERGED_CE = 100.0
+
+
+class DivergedError(RuntimeError):
+    """Raised after an epoch whose mean training CE exploded; the message names the likely cause."""
+
+    def __init__(self, epoch: int, train_ce: float, eval_loss: float, hint: str):
+        self.epoch, self.train_ce, self.eval_loss = epoch, train_ce, eval_loss
+        super().__init__(
+            f'training diverged at epoch {epoch}: mean CE {train_ce:.4g} (train), {eval_loss:.4g} (eval), where a '
+            f'chance-level classifier scores ln(classes). {hint}')
+
+
+def check_divergence(epoch: int, train_ce: float, eval_loss: float, hint: str = '') -> None:
+    """Raise :class:`DivergedError` when the epoch's mean training CE is above :data:`DIVERGED_CE`.
+
+    The evaluation loss is reported, not tested: after a few steps BatchNorm's running statistics alone can put it in
+    the thousands on a healthy run.
+    """
+    if train_ce > DIVERGED_CE:
+        raise DivergedError(epoch, train_ce, eval_loss, hint or 'Lower --lr, add warm-up or --clip-grad.')
 
 
 def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
@@ -64,9 +90,17 @@ def train_one_epoch(
         clip_mode: str = 'norm',
         channels_last: bool = False,
         log_interval: int = 50,
+        log_seconds: Optional[float] = None,
+        num_epochs: Optional[int] = None,
         progress: bool = False,
 ) -> Dict[str, float]:
     """Train for one epoch.
+
+    Args:
+        log_interval: log a line every this many steps (0: never) when there is no progress bar.
+        log_seconds: also log once this many seconds have passed since the last line, so a log file (nohup,
+            Slurm) shows a run is alive even when an epoch has fewer steps than ``log_interval``.
+        num_epochs: the run's length, shown as ``epoch (epoch + 1/num_epochs)``.
 
     Returns:
         Mean ``loss`` (total), ``ce``, ``cesc``, ``mv`` over the epoch, the mean number of ``generated`` samples per
@@ -80,10 +114,12 @@ def train_one_epoch(
     num_batches = len(loader)
     sums = torch.zeros(6, device=device)  # loss, ce, cesc, mv, generated, correct: summed on device
     seen, start = 0, time.perf_counter()
+    last_log = start
+    run_epoch = f'{epoch} ({epoch + 1}/{num_epochs})' if num_epochs else f'{epoch}'
     batches = loader
     if progress:
         from tqdm.auto import tqdm
-        batches = tqdm(loader, total=num_batches, desc=f'train {epoch}', leave=False, dynamic_ncols=True)
+        batches = tqdm(loader, total=num_batches, desc=f'train epoch {run_epoch}', leave=False, dynamic_ncols=True)
 
     for step, (images, target) in enumerate(batches):
         # 1. batch to device
@@ -135,12 +171,16 @@ def train_one_epoch(
                              (logits[:target.numel()].argmax(-1) == target).sum().float()])
         seen += target.numel()
 
-        # 11. log at the interval (host read of the meters)
-        if log_interval and (step + 1) % log_interval == 0 and not progress:
+        # 11. log at the interval or after log_seconds (host read of the meters); CE first, the auxiliary terms beside
+        now = time.perf_counter()
+        if not progress and ((log_interval and (step + 1) % log_interval == 0)
+                             or (log_seconds and now - last_log >= log_seconds)):
+            last_log = now
             means = (sums / (step + 1)).tolist()
             _logger.info(
-                f'train {epoch} [{step + 1:>4d}/{num_batches}] loss {means[0]:.4f} ce {means[1]:.4f} '
-                f'cesc {means[2]:.4f} mv {means[3]:.4f} lr {optimizer.param_groups[0]["lr"]:.3e}')
+                f'train epoch {run_epoch} step {step + 1}/{num_batches}: ce {means[1]:.4f} (cesc {means[2]:.4f}, '
+                f'mv {means[3]:.4f}; total {means[0]:.4f}) lr {optimizer.param_groups[0]["lr"]:.3e} '
+                f'{seen / (now - start):.0f} img/s')
 
     elapsed = time.perf_counter() - start
     means = (sums / max(1, num_batches)).tolist()  # host read: once per epoch

@@ -103,7 +103,10 @@ def save_pretrained(
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix='.tmp-export-') as tmp:
         save_for_hf(backbone, tmp, model_config=model_config, safe_serialization=True, data_config=data_config)
+        # safetensors writes its file 0600; every file gets config.json's (umask-based) mode, like the rest of a run
+        mode = os.stat(os.path.join(tmp, 'config.json')).st_mode & 0o777
         for name in sorted(os.listdir(tmp)):
+            os.chmod(os.path.join(tmp, name), mode)
             os.replace(os.path.join(tmp, name), out_dir / name)
     _logger.info(f'Exported {backbone.pretrained_cfg["architecture"]} to {out_dir}')
     return out_dir

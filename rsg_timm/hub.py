@@ -43,7 +43,7 @@ _logger = logging.getLogger(__name__)
 _LOCAL_ARGS = ('data_dir', 'output', 'experiment', 'resume', 'no_resume_opt', 'device', 'workers', 'no_progress',
                'log_interval', 'checkpoint_hist', 'dataset_download')
 _EXPORT_FILES = ('config.json', 'model.safetensors')
-_RECORD_FILES = ('summary.csv', 'per_class.csv')
+_RECORD_FILES = ('summary.csv', 'per_class.csv', 'curves.png', 'per_class.png')  # figures: [plot] extra
 _DEFAULT_COMMIT_MESSAGE = 'Add rsg_timm model'
 _PACKAGE = __package__  # 'rsg_timm', also under python -m
 

@@ -27,6 +27,7 @@ from .losses import ClassCounts
 __all__ = [
     'SHOT_GROUPS', 'accuracy', 'per_class_accuracy', 'confusion_matrix', 'calibration_error',
     'shot_split', 'shot_accuracy', 'format_metrics', 'LongTailEvaluator', 'plot_per_class_accuracy',
+    'plot_training_curves',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -314,6 +315,46 @@ def plot_per_class_accuracy(per_class: pd.DataFrame, path: str) -> Optional[str]
     ax.set_xlabel('training images per class')
     ax.set_ylabel('top-1 accuracy (%)')
     ax.set_ylim(-2, 102)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_training_curves(summary_csv: str, path: str) -> Optional[str]:
+    """Plot a run's ``summary.csv`` per epoch to a PNG: the loss terms (log scale), top-1 with many/medium/few, and
+    the learning rate, so a diverging or stalled run shows at a glance.
+
+    Returns:
+        ``path``, or None when matplotlib is not installed (``pip install rsg_timm[plot]``).
+    """
+    try:
+        from matplotlib.figure import Figure  # optional dependency; Figure avoids pyplot's global state
+    except ImportError:
+        _logger.info('matplotlib is not installed; skipping the training curves %s.', path)
+        return None
+    summary = pd.read_csv(summary_csv)
+    fig = Figure(figsize=(12, 3.6), dpi=110)
+    panels = (
+        ('loss (log scale)', ('train_ce', 'train_cesc', 'train_mv', 'eval_loss'), True),
+        ('top-1 (%)', ('train_top1', 'eval_top1', 'eval_many', 'eval_medium', 'eval_few'), False),
+        ('learning rate', ('lr',), True),
+    )
+    for index, (title, columns, log_y) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), index + 1)
+        for column in columns:
+            values = summary.get(column)
+            if values is None or not values.notna().any() or (log_y and not (values > 0).any()):
+                continue  # e.g. no RSG terms for a plain backbone, no few-shot classes
+            if log_y:
+                values = values.where(values > 0)  # e.g. MV before generation starts: a gap, not a plunge
+            ax.plot(summary['epoch'], values, marker='.', label=column.replace('eval_', 'test ').replace('_', ' '))
+        if log_y:
+            ax.set_yscale('log')
+        ax.set_title(title)
+        ax.set_xlabel('epoch')
+        if len(columns) > 1:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)

@@ -48,6 +48,11 @@ _RECIPE_KEYS = (
     'rsg_cesc_weight', 'rsg_mv_weight',
 )
 _RESULT_KEYS = ('top1', 'top5', 'many', 'medium', 'few', 'ece')
+# Datasets with a fixed class profile: train.py's --imb-* flags do not apply, so the card must not show them.
+_FIXED_PROFILE_DATASETS = ('demo',)
+_PROFILE_KEYS = ('imb_type', 'imb_factor', 'imb_select')
+# Figures a run folder may hold (train.py writes them with the [plot] extra), shown in the card when present.
+_FIGURES = (('curves.png', 'Training curves'), ('per_class.png', 'Per-class accuracy against training images'))
 _MAX_TABLE_CLASSES = 100  # larger per-class tables stay in per_class.csv
 
 
@@ -123,10 +128,14 @@ def _method(args: Dict[str, Any]) -> str:
     return ' + '.join(parts)
 
 
-def _profile(args: Dict[str, Any]) -> str:
-    if args.get('imb_type', 'none') == 'none' or not args.get('imb_factor'):
-        return args.get('dataset', '?')
-    return f'{args.get("dataset", "?")} ({args["imb_type"]}, ρ = {round(1 / args["imb_factor"])})'
+def _profile(args: Dict[str, Any], counts: Optional[Sequence[int]]) -> str:
+    """The dataset and its imbalance ρ, measured from the class counts where known (the flags may not apply)."""
+    dataset = args.get('dataset', '?')
+    if counts:
+        return f'{dataset} (ρ = {max(counts) / max(min(counts), 1):.0f}, {len(counts)} classes)'
+    if dataset in _FIXED_PROFILE_DATASETS or args.get('imb_type', 'none') == 'none' or not args.get('imb_factor'):
+        return dataset
+    return f'{dataset} ({args["imb_type"]}, ρ = {round(1 / args["imb_factor"])})'
 
 
 def _front_matter(args: Dict[str, Any]) -> str:
@@ -192,6 +201,34 @@ def _per_class_section(per_class: Optional[pd.DataFrame]) -> str:
     return 'Last epoch, also in `per_class.csv`.\n\n' + table
 
 
+def _use_section(run: TrainingRun, counts: Optional[Sequence[int]]) -> str:
+    """Intended use and limitations; a demo run must read as a demo."""
+    args, last = run.args, run.last
+    top1 = None if last is None else float(last['eval_top1'])
+    if args.get('dataset') in _FIXED_PROFILE_DATASETS:
+        scope = (f'**A demo, not a usable classifier.** It was trained on the small CIFAR-10-LT demo set embedded in '
+                 f'rsg_timm ({sum(counts) if counts else "under 1000"} training images) for {args.get("epochs", "a few")} '
+                 f'epochs' + (f' and reaches {top1:.1f}% top-1' if top1 is not None else '')
+                 + ': it shows that the training and export pipeline runs end to end, not what RSG achieves.')
+    else:
+        scope = ('Intended for research on long-tailed classification: a baseline to compare with, or a backbone to '
+                 f'fine-tune. It predicts the {len(counts) if counts else "training"} classes of '
+                 f'{args.get("dataset", "its dataset")} only.')
+    limits = ['Accuracy is lower on the rare classes (see many/medium/few above); check the per-class table before '
+              'relying on any one class.',
+              'The best-epoch row was selected on the test split; only the last-epoch row is an unbiased estimate.']
+    epochs = args.get('epochs')
+    if epochs is not None and int(epochs) < 100 and args.get('dataset') not in _FIXED_PROFILE_DATASETS:
+        limits.append(f'{epochs} epochs is far shorter than the papers\' 200-epoch recipes; expect lower accuracy '
+                      'than published.')
+    return '\n'.join([scope, '', *(f'- {line}' for line in limits)])
+
+
+def _figures_section(run_dir: Path) -> Optional[str]:
+    shown = [f'![{title}]({name})' for name, title in _FIGURES if (Path(run_dir) / name).is_file()]
+    return '\n\n'.join(shown) if shown else None
+
+
 def create_model_card(run: TrainingRun, config: Dict[str, Any], repo_id: str, needs_plugin: bool) -> str:
     """The ``README.md`` of a run's Hub repo.
 
@@ -202,15 +239,19 @@ def create_model_card(run: TrainingRun, config: Dict[str, Any], repo_id: str, ne
         needs_plugin: the architecture is registered by rsg_timm, so loading needs ``import rsg_timm``.
     """
     args, arch = run.args, config.get('architecture', '?')
+    counts = config.get(CLASS_COUNTS_KEY)
+    fixed_profile = args.get('dataset') in _FIXED_PROFILE_DATASETS
     recipe = [(f'`--{k.replace("_", "-")}`', ' '.join(map(str, v)) if isinstance(v, list) else str(v))
-              for k in _RECIPE_KEYS for v in [args.get(k)] if v is not None and v is not False]
+              for k in _RECIPE_KEYS for v in [args.get(k)] if v is not None and v is not False
+              and not (fixed_profile and k in _PROFILE_KEYS)]
+    figures = _figures_section(run.run_dir)
     import_line = 'import timm, rsg_timm  # rsg_timm registers ' + arch if needs_plugin else 'import timm'
     dataset = args.get('dataset', 'DATASET')
     sections = [
         _front_matter(args),
         f'# {repo_id}',
         '',
-        f'`{arch}` trained on {_profile(args)} with {_method(args)} by rsg_timm, the timm plugin for '
+        f'`{arch}` trained on {_profile(args, counts)} with {_method(args)} by rsg_timm, the timm plugin for '
         f'[RSG](https://arxiv.org/abs/2106.09859) (Rare-class Sample Generator, CVPR 2021). RSG only acts during '
         f'training, so these weights are the plain `{arch}` backbone'
         + (' and load in plain timm.' if not needs_plugin else '; `import rsg_timm` registers the architecture.'),
@@ -224,11 +265,16 @@ def create_model_card(run: TrainingRun, config: Dict[str, Any], repo_id: str, ne
         '',
         '## Training data',
         '',
-        _dataset_section(config.get(CLASS_COUNTS_KEY)),
+        _dataset_section(counts),
         '',
         '## Results',
         '',
         _results_section(run),
+        '',
+        *(['## Figures', '', figures, ''] if figures else []),
+        '## Intended use and limitations',
+        '',
+        _use_section(run, counts),
         '',
         '## Per-class accuracy',
         '',
@@ -237,14 +283,19 @@ def create_model_card(run: TrainingRun, config: Dict[str, Any], repo_id: str, ne
         '## Train it again',
         '',
         'The resolved arguments of this run are in `args.yaml` (machine-specific paths removed); explicit flags '
-        'override it:',
+        'override it. `train.py` and `validate.py` are scripts of the rsg_timm repository, not part of its pip '
+        'package, so run them from a checkout (`pip install -e .` there):',
         '',
         '```bash',
         f'hf download {repo_id} args.yaml --local-dir .',
-        f'python train.py --config args.yaml --data-dir DATA --experiment {repo_id.split("/")[-1]}',
+        f'python train.py --config args.yaml' + ('' if fixed_profile else ' --data-dir DATA')
+        + f' --experiment {repo_id.split("/")[-1]}',
         '```',
         '',
         '## Usage',
+        '',
+        'Needs `pip install timm`' + (' and rsg_timm (`pip install -e .` in its checkout), which registers '
+                                      f'`{arch}`.' if needs_plugin else '; rsg_timm is only needed to train.'),
         '',
         '```python',
         import_line,
@@ -255,12 +306,16 @@ def create_model_card(run: TrainingRun, config: Dict[str, Any], repo_id: str, ne
         'import json, huggingface_hub  # training images per class, e.g. for logit adjustment',
         f"config = json.load(open(huggingface_hub.hf_hub_download('{repo_id}', 'config.json')))",
         f"class_counts = config['{CLASS_COUNTS_KEY}']",
+        *([f'# LDAM trained on logits x {args.get("ldam_s") or 30:g}: scale them so before subtracting log-priors',
+           f'# (rsg_timm.posthoc.logit_adjust(logits, class_counts, tau=1.0, scale={args.get("ldam_s") or 30:g}))']
+          if args.get('loss') == 'ldam' else []),
         '```',
         '',
         'Evaluate with many/medium/few, per-class accuracy and calibration:',
         '',
         '```bash',
-        f'python validate.py --model hf-hub:{repo_id} --dataset {dataset} --data-dir DATA',
+        f'python validate.py --model hf-hub:{repo_id} --dataset {dataset}'
+        + ('' if fixed_profile else ' --data-dir DATA'),
         '```',
         '',
         '## Citation',

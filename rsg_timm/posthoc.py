@@ -6,27 +6,58 @@
 * tau-normalisation (Kang et al., ICLR 2020, "Decoupling"): replace each class weight vector by
   ``w_j / ||w_j||^tau`` and drop the bias; ``tau=0`` keeps the weights, ``tau=1`` fully normalises.
 
+Logit adjustment acts on the logits the model was *trained* with. A model trained with LDAM saw ``s * z`` (its cosine
+head gives ``z`` in [-1, 1]; ``s`` is 30 by default); subtracting log-priors of order 1-5 from the raw ``z`` swamps
+them and drops a CIFAR-10-LT model to chance, so :func:`training_logit_scale` recovers ``s`` from the training
+arguments and ``logit_adjust(..., scale=s)`` applies it first.
+
 Choose ``tau`` on a validation split, never on the test list.
 """
 import copy
-from typing import Union
+import inspect
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
-from .losses import ClassCounts, log_prior
+from .losses import ClassCounts, LDAMLoss, log_prior
 
-__all__ = ['logit_adjust', 'tau_normalize_classifier', 'tau_normalize']
+__all__ = ['logit_adjust', 'training_logit_scale', 'has_cosine_classifier', 'tau_normalize_classifier',
+           'tau_normalize']
 
 _Classifier = Union[nn.Linear, nn.Conv2d]
 
 
-def logit_adjust(logits: torch.Tensor, class_counts: ClassCounts, tau: float = 1.0) -> torch.Tensor:
-    """Subtract the log class prior from ``logits [B, C]`` (float32 result, on the logits' device)."""
+def logit_adjust(
+        logits: torch.Tensor,
+        class_counts: ClassCounts,
+        tau: float = 1.0,
+        scale: float = 1.0,
+) -> torch.Tensor:
+    """``scale * logits - log(prior^tau)`` for ``logits [B, C]`` (float32 result, on the logits' device).
+
+    Args:
+        scale: the factor the training loss applied to the model's logits (LDAM's ``s``; 1 for CE and the like).
+    """
     prior = log_prior(class_counts, tau)
     if prior.numel() != logits.shape[-1]:
         raise ValueError(f'{prior.numel()} class counts but logits have {logits.shape[-1]} classes.')
-    return logits.float() - prior.to(logits.device, non_blocking=True)
+    return scale * logits.float() - prior.to(logits.device, non_blocking=True)
+
+
+def training_logit_scale(train_args: Mapping[str, Any]) -> Optional[float]:
+    """The factor the training loss applied to the logits, from a run's arguments (``args.yaml`` / checkpoint args).
+
+    LDAM multiplies by ``ldam_s`` (the loss's default when unset); every other loss sees the logits as they are.
+    ``None`` when the arguments do not name the loss.
+    """
+    loss = train_args.get('loss')
+    if loss is None:
+        return None
+    if loss != 'ldam':
+        return 1.0
+    s = train_args.get('ldam_s')
+    return float(s if s is not None else inspect.signature(LDAMLoss).parameters['s'].default)
 
 
 def _is_plain_classifier(module: nn.Module) -> bool:
@@ -37,6 +68,14 @@ def _is_plain_classifier(module: nn.Module) -> bool:
         isinstance(module, nn.Conv2d) and type(module).forward is nn.Conv2d.forward
         and module.kernel_size == (1, 1) and module.groups == 1
     )
+
+
+def has_cosine_classifier(model: nn.Module) -> bool:
+    """Whether the classifier of a timm-style model is not a plain linear map (e.g. LDAM's cosine head), so its
+    logits lie in [-1, 1] and need the training scale before any prior is subtracted."""
+    classifier = model.get_classifier() if hasattr(model, 'get_classifier') else None
+    return isinstance(classifier, nn.Module) and not isinstance(classifier, nn.Identity) \
+        and not _is_plain_classifier(classifier)
 
 
 def tau_normalize_classifier(classifier: _Classifier, tau: float = 1.0) -> _Classifier:

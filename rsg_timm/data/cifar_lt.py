@@ -187,5 +187,9 @@ class CifarLT(ArrayLTDataset):
             images, labels = images[keep], labels[keep]
             counts = np.bincount(labels, minlength=num_classes).tolist()
         super().__init__(images, labels, classes, counts, transform=transform)
-        _logger.info('CIFAR-%d-LT %s: %d images (%s, imb_factor=%g, %s selection).',
-                     num_classes, 'train' if train else 'test', len(self), imb_type, imb_factor, imb_select)
+        if train:
+            _logger.info('CIFAR-%d-LT train: %d images (%s, imb_factor=%g, %s selection).',
+                         num_classes, len(self), imb_type, imb_factor, imb_select)
+        else:  # the test split is never cut; the profile only sets the counts behind many/medium/few
+            _logger.info('CIFAR-%d-LT test: %d images, balanced (many/medium/few by the %s, imb_factor=%g training '
+                         'profile).', num_classes, len(self), imb_type, imb_factor)

@@ -43,7 +43,10 @@ _TAGS_FILE = 'tags.json'
 # Cfg fields an entry may set: everything but the weight sources and what the registry fills in.
 _ENTRY_CFG_FIELDS = frozenset(f.name for f in dataclasses.fields(PretrainedCfg)) - {
     'url', 'file', 'state_dict', 'source', 'architecture', 'tag', 'custom_load'}
-_ENTRY_KEYS = _ENTRY_CFG_FIELDS | {'model_args'}
+# Besides the cfg: create_model kwargs, the training class counts (many/medium/few, logit adjustment) and the
+# training arguments that say what the logits mean and which data they were fitted to (validate.py reads both).
+_ENTRY_KEYS = _ENTRY_CFG_FIELDS | {'model_args', 'class_counts', 'train_args'}
+_TRAIN_ARG_KEYS = ('dataset', 'imb_type', 'imb_factor', 'imb_select', 'loss', 'ldam_s', 'reweight')
 # The data config of an export's config.json that a tag carries over.
 _DATA_CFG_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
 _TAG_RE = re.compile(r'^[a-z0-9][a-z0-9_]*$')
@@ -185,6 +188,12 @@ def add_pretrained(
     if config.get('label_names'):
         entry['label_names'] = config['label_names']
     entry['model_args'] = {k: v for k, v in config.get('model_args', {}).items() if k != 'num_classes'}
+    if config.get('class_counts'):
+        entry['class_counts'] = config['class_counts']
+    if (run_dir / 'args.yaml').is_file():
+        from ..model_card import read_run  # here, not at the top: reading a run needs pandas, model code must not
+        run_args = read_run(run_dir).args
+        entry['train_args'] = {k: run_args[k] for k in _TRAIN_ARG_KEYS if k in run_args}
     entry['notes'] = [*_run_notes(run_dir), *notes]
     entry = {k: v for k, v in entry.items() if v is not None}
 

@@ -1,0 +1,102 @@
+"""train.py's defaults and log: the recipe follows the classifier head, a diverging run stops with its likely cause,
+the help shows defaults, and the log reads CE first with progress and the resolved configuration."""
+import logging
+
+import pytest
+import timm
+import torch
+
+from rsg_timm.engine import DIVERGED_CE, DivergedError, check_divergence, train_one_epoch
+
+from helpers import load_script
+
+train_script = load_script('train.py')
+
+
+def _resolved(*argv):
+    args = train_script._parse_args(list(argv))
+    train_script._resolve_defaults(args)
+    return args
+
+
+@pytest.mark.parametrize('argv,loss,reweight,cosine', [
+    (['--model', 'rsg_resnet32'], 'ldam', 'drw', True),  # the CIFAR recipe where its cosine head is used
+    (['--model', 'cifar_resnet20'], 'ldam', 'drw', True),
+    (['--model', 'rsg_resnet18'], 'ce', 'none', False),  # a linear head: LDAM's s = 30 would diverge
+    (['--model', 'resnet18'], 'ce', 'none', False),
+    (['--model', 'rsg_resnet32', '--no-cosine-classifier'], 'ce', 'none', False),  # keyed off the head, not the name
+    (['--model', 'rsg_resnet32', '--loss', 'focal'], 'focal', 'none', False),
+    (['--model', 'rsg_resnet32', '--reweight', 'cb'], 'ldam', 'cb', True),
+])
+def test_loss_follows_the_classifier_head(argv, loss, reweight, cosine):
+    args = _resolved(*argv)
+    assert (args.loss, args.reweight, args.cosine_classifier) == (loss, reweight, cosine)
+
+
+def test_warmup_longer_than_the_run_is_scaled():
+    assert _resolved('--epochs', '2').warmup_epochs == 0
+    assert _resolved('--epochs', '10', '--warmup-epochs', '12').warmup_epochs == 2
+    assert _resolved('--epochs', '30').warmup_epochs == 4
+
+
+def test_unknown_model_is_one_line_with_close_matches():
+    with pytest.raises(SystemExit, match=r"^error: Unknown model 'resnet5O'; close matches: .*resnet50"):
+        _resolved('--model', 'resnet5O')
+
+
+def test_help_lists_config_defaults_and_every_rsg_flag():
+    parser = train_script._build_parser()
+    text = parser.format_help()
+    assert '--config FILE' in text and '(default: 0.1)' in text  # --lr
+    assert '--no-progress' in text and '(default: False)' in text
+    for action in parser._actions:
+        if action.dest.startswith('rsg_'):
+            assert action.help and 'default' in action.help, action.dest
+
+
+def test_check_divergence_names_the_cause():
+    check_divergence(0, train_ce=DIVERGED_CE - 1, eval_loss=6009.0)  # early BN statistics can do that to eval
+    with pytest.raises(DivergedError, match='epoch 3: mean CE 853 .*linear head'):
+        check_divergence(3, train_ce=853.0, eval_loss=2.0, hint='linear head')
+
+
+def test_ldam_on_a_linear_head_stops_with_the_cause(tiny_demo, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    argv = ['--data-dir', tiny_demo, '--output', str(tmp_path), '--experiment', 'run', '--model', 'cifar_resnet20',
+            '--no-cosine-classifier', '--loss', 'ldam', '-b', '32', '--epochs', '2', '--warmup-epochs', '0',
+            '--no-progress', '--log-interval', '0']
+    with pytest.raises(DivergedError, match='at epoch 0: .*--loss ldam multiplies the logits by s = 30.*linear head'):
+        train_script.main(argv)
+    log = caplog.text
+    assert 'loss       ldam (s 30, margin 0.5); re-weighting drw from epoch 1' in log  # the resolved recipe block
+    assert 'device     cpu x 1' in log and 'linear classifier' in log
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith('epoch 0 '))
+    assert line.startswith('epoch 0 (1/2, 0:00:') and 'ETA' in line
+    assert line.index(': ce ') < line.index('cesc') < line.index('total')  # CE first, the auxiliary terms beside
+
+
+def test_epoch_line_and_checkpoint_list_once(tiny_demo, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    train_script.main(['--data-dir', tiny_demo, '--output', str(tmp_path), '--experiment', 'run', '-b', '32',
+                       '--epochs', '2', '--no-progress', '--log-interval', '0', '--model', 'rsg_resnet20',
+                       '--rsg-epoch-thresh', '0'])
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any(m.startswith('Current checkpoints') for m in messages)
+    assert sum(m.startswith('checkpoints (by top1): ') for m in messages) == 1
+    epoch_lines = [m for m in messages if m.startswith('epoch ')]
+    assert epoch_lines[0].endswith('[RSG CESC]') and epoch_lines[1].endswith('[RSG generation]')
+    assert any('RSG        after stage 2, head classes [0, 1]; CESC only through epoch 0' in m for m in messages)
+
+
+def test_timed_progress_lines_without_a_terminal(caplog):
+    caplog.set_level(logging.INFO, logger='rsg_timm.engine')
+    model = timm.create_model('cifar_resnet20', num_classes=3)
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1])) for _ in range(3)]
+    kwargs = dict(epoch=4, device=torch.device('cpu'), log_interval=0, num_epochs=10)
+    train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01),
+                    **kwargs)
+    assert not caplog.records  # neither a step interval nor a time interval
+    train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01),
+                    log_seconds=1e-9, **kwargs)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and lines[0].startswith('train epoch 4 (5/10) step 1/3: ce ')

@@ -1,0 +1,105 @@
+"""validate.py: it scores the data the model was trained for (or refuses to guess) and says which, and post-hoc logit
+adjustment works on cosine-head (LDAM) models."""
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+from rsg_timm.checkpoint import load_training_checkpoint
+from rsg_timm.models.pretrained import load_pretrained_tags
+from rsg_timm.posthoc import has_cosine_classifier, logit_adjust, training_logit_scale
+
+from helpers import REPO_DIR, load_script
+
+train_script = load_script('train.py')
+validate_script = load_script('validate.py')
+ZOO_TAG = 'cifar_resnet32.ldam_drw_rsg_cifar10_lt_r100_cpu20e'
+SHARED_DATA = os.path.join(os.path.dirname(REPO_DIR), 'shared', 'data')
+
+
+@pytest.fixture(scope='module')
+def demo_run(tiny_demo, tmp_path_factory):
+    """One epoch of rsg_resnet20 with the default recipe on the tiny demo set."""
+    out = tmp_path_factory.mktemp('runs')
+    train_script.main(['--data-dir', tiny_demo, '--output', str(out), '--experiment', 'run', '--model', 'rsg_resnet20',
+                       '-b', '32', '--epochs', '1', '--no-progress', '--log-interval', '0'])
+    return out / 'run'
+
+
+def test_training_logit_scale_follows_the_loss():
+    assert training_logit_scale({'loss': 'ldam', 'ldam_s': None}) == 30.0  # LDAMLoss's default
+    assert training_logit_scale({'loss': 'ldam', 'ldam_s': 10.0}) == 10.0
+    assert training_logit_scale({'loss': 'ce'}) == 1.0
+    assert training_logit_scale({}) is None
+    logits, counts = torch.tensor([[0.5, -0.2, 0.1]]), [100, 10, 1]
+    expected = 30 * logits - torch.log(torch.tensor(counts) / 111.0)
+    torch.testing.assert_close(logit_adjust(logits, counts, tau=1.0, scale=30.0), expected)
+
+
+def test_logit_adjust_on_the_zoo_cosine_model_beats_chance():
+    # The zoo tag (LDAM, cosine head) on the demo's CIFAR-10 test images. Unscaled, the log-priors swamp its
+    # [-1, 1] logits and every image goes to the rarest class (10% top-1); on the trained scale it stays accurate.
+    common = ['--model', ZOO_TAG, '--dataset', 'demo', '-b', '250', '-j', '0']
+    plain = validate_script.main(common)
+    adjusted = validate_script.main([*common, '--logit-adjust', '1.0'])
+    unscaled = validate_script.main([*common, '--logit-adjust', '1.0', '--logit-scale', '1'])
+    assert adjusted['logit_scale'] == 30.0
+    assert unscaled['top1'] < 15 < plain['top1'] - 20
+    assert adjusted['top1'] > plain['top1'] - 5
+    assert adjusted['medium'] > plain['medium']  # the prior correction moves predictions to the rarer classes
+
+
+def test_cosine_model_without_a_recorded_loss_is_refused(demo_run, tmp_path):
+    bare = tmp_path / 'bare.pth'  # a state_dict alone records neither the loss nor the dataset
+    torch.save(load_training_checkpoint(str(demo_run / 'last.pth.tar'))['state_dict'], bare)
+    common = ['--model', 'cifar_resnet20', '--checkpoint', str(bare), '--model-kwargs', 'use_norm=True']
+    with pytest.raises(SystemExit, match='does not record the dataset.*pass --dataset'):
+        validate_script.main(common)
+    data = ['--dataset', 'demo', '--data-dir', str(load_training_checkpoint(str(demo_run / 'last.pth.tar'))['args']
+                                                    .data_dir)]
+    with pytest.raises(SystemExit, match='cosine classifier.*--logit-scale'):
+        validate_script.main([*common, *data, '--logit-adjust', '1.0'])
+    assert validate_script.main([*common, *data, '--logit-adjust', '1.0', '--logit-scale', '30'])['logit_scale'] == 30
+
+
+def test_dataset_and_scale_come_from_the_record(demo_run, tiny_demo, tmp_path):
+    by_checkpoint = validate_script.main(['--model', 'rsg_resnet20', '--checkpoint', str(demo_run / 'last.pth.tar'),
+                                          '--logit-adjust', '1.0'])
+    by_export = validate_script.main(['--model', f'local-dir:{demo_run}', '--results-file', str(tmp_path / 'r.json'),
+                                      '--results-format', 'json'])
+    for result in (by_checkpoint, by_export):  # the tiny demo set, found through the recorded --data-dir
+        assert (result['dataset'], result['split'], result['num_images']) == ('demo', 'test', 80)
+    assert by_checkpoint['logit_scale'] == 30.0  # the default recipe on a CIFAR ResNet: LDAM
+    saved = json.loads((tmp_path / 'r.json').read_text())  # strict JSON: the empty many-shot group is null
+    assert saved['many'] is None and saved['num_images'] == 80
+
+
+def test_zoo_tags_carry_their_training_profile():
+    for name, entry in load_pretrained_tags().items():
+        assert entry['class_counts'] == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], name
+        assert entry['train_args']['dataset'] == 'cifar10_lt' and entry['train_args']['loss'] == 'ldam', name
+    with pytest.raises(FileNotFoundError, match='CIFAR-10 data.*data-dir'):  # the recorded dataset, not the demo, is what it asks for
+        validate_script.main(['--model', ZOO_TAG, '--data-dir', os.devnull])
+
+
+def test_has_cosine_classifier():
+    import timm
+    assert has_cosine_classifier(timm.create_model('cifar_resnet20', use_norm=True))
+    assert not has_cosine_classifier(timm.create_model('cifar_resnet20'))
+
+
+def test_exported_weights_are_as_readable_as_the_rest(demo_run):
+    mode = os.stat(demo_run / 'config.json').st_mode & 0o777
+    assert os.stat(demo_run / 'model.safetensors').st_mode & 0o777 == mode
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DATA, 'cifar10_test.npz')),
+                    reason='shared CIFAR-10 npz not present')
+def test_balanced_test_split_is_not_logged_as_cut(caplog):
+    from rsg_timm.data.cifar_lt import CifarLT
+    caplog.set_level(logging.INFO)
+    CifarLT(SHARED_DATA, train=False)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith('CIFAR-10-LT test'))
+    assert line.startswith('CIFAR-10-LT test: 10000 images, balanced')
