@@ -45,3 +45,19 @@ def train_args(data: str, out, experiment: str, *extra: str) -> list:
     """train.py flags for a quick run on ``data``: batch 32, two epochs, no warm-up, no progress output."""
     return ['--data-dir', data, '--output', str(out), '--experiment', experiment, '-b', '32', '--epochs', '2',
             '--no-progress', '--log-interval', '0', '--warmup-epochs', '0', *extra]
+
+
+def run_in_plain_timm(checks: str, cwd) -> None:
+    """Run ``checks`` (Python that may use ``sys``, ``timm`` and ``torch``) in a fresh interpreter and assert it passed
+    without importing rsg_timm: what a user without the package sees."""
+    import subprocess
+    import sys
+    import textwrap
+    script = 'import sys, timm, torch\n' + textwrap.dedent(checks) + textwrap.dedent('''
+        assert 'rsg_timm' not in sys.modules, 'rsg_timm was imported'
+        print('ok')
+    ''')
+    env = dict(os.environ, HF_HUB_OFFLINE='1')
+    result = subprocess.run([sys.executable, '-c', script], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr

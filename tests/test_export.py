@@ -2,14 +2,12 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import timm
 import torch
 
+from helpers import run_in_plain_timm
 from rsg_timm.export import load_class_counts, save_pretrained, strip_rsg
 from rsg_timm.models import CifarResNet
 
@@ -82,18 +80,11 @@ def test_imagenet_family_export_loads_without_rsg_timm(tmp_path):
     export = save_pretrained(model, tmp_path / 'export')
     assert json.loads((export / 'config.json').read_text())['architecture'] == 'test_resnet'
     torch.save({'x': x, 'logits': model(x).detach()}, tmp_path / 'expected.pt')
-    script = textwrap.dedent(f'''
-        import sys, timm, torch
+    run_in_plain_timm(f'''
         model = timm.create_model('local-dir:{export}', pretrained=True).eval()
         expected = torch.load('{tmp_path / "expected.pt"}')
         torch.testing.assert_close(model(expected['x']), expected['logits'])
-        assert 'rsg_timm' not in sys.modules, 'rsg_timm was imported'
-        print('ok')
-    ''')
-    env = dict(os.environ, HF_HUB_OFFLINE='1')
-    result = subprocess.run(
-        [sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr
+    ''', cwd=tmp_path)
 
 
 def test_bad_input(tmp_path):
