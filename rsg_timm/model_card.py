@@ -288,7 +288,7 @@ def create_model_card(run: TrainingRun, config: Dict[str, Any], repo_id: str, ne
         '',
         '```bash',
         f'hf download {repo_id} args.yaml --local-dir .',
-        f'python train.py --config args.yaml' + ('' if fixed_profile else ' --data-dir DATA')
+        'python train.py --config args.yaml' + ('' if fixed_profile else ' --data-dir DATA')
         + f' --experiment {repo_id.split("/")[-1]}',
         '```',
         '',
