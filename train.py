@@ -458,11 +458,16 @@ class _RunState:
         return state
 
 
+def _check_class_counts(checkpoint: dict, class_counts, source: str, verb: str) -> None:
+    """A run continues only on the data it was trained on."""
+    if checkpoint.get(CLASS_COUNTS_KEY) not in (None, list(class_counts)):
+        raise SystemExit(f'{source} trained on class counts {checkpoint[CLASS_COUNTS_KEY]}, not {class_counts}: '
+                         f'{verb} with the same dataset flags')
+
+
 def _resume(checkpoint: dict, path: str, model, optimizer, loss_scaler, class_counts, restore_optimizer: bool) -> int:
     """Restore model (RSG included), optimizer, AMP scaler and RNG; returns the epoch to start from."""
-    if checkpoint.get(CLASS_COUNTS_KEY) not in (None, list(class_counts)):
-        raise SystemExit(f'{path} was trained on class counts {checkpoint[CLASS_COUNTS_KEY]}, not {class_counts}: '
-                         f'resume with the same dataset flags')
+    _check_class_counts(checkpoint, class_counts, f'{path} was', 'resume')
     try:
         model.load_state_dict(checkpoint['state_dict'])
     except RuntimeError as e:
@@ -484,9 +489,7 @@ def _fork(path: str, model, optimizer, class_counts) -> int:
     if source_args is None or 'optimizer' not in checkpoint:
         raise SystemExit(f'--fork {path}: not a train.py checkpoint (no args or optimizer state); fork from a run\'s '
                          f'last.pth.tar or checkpoint-<epoch>.pth.tar')
-    if checkpoint.get(CLASS_COUNTS_KEY) not in (None, list(class_counts)):
-        raise SystemExit(f'--fork {path}: trained on class counts {checkpoint[CLASS_COUNTS_KEY]}, not {class_counts}: '
-                         f'fork with the same dataset flags')
+    _check_class_counts(checkpoint, class_counts, f'--fork {path}:', 'fork')
     source_args = argparse.Namespace(**dict(vars(source_args), pretrained=False, torchcompile=None,
                                             grad_checkpointing=False))
     source = _create_model(source_args, len(class_counts), class_counts)
