@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ..losses import effective_number_weights
 from ..registry import Registry
 
 __all__ = [
@@ -203,10 +204,12 @@ class DeferredSampler(_ClassPowerSampler):
         return super()._draw(generator)
 
     def class_probs(self) -> torch.Tensor:
-        counts = self.class_counts.double()
         if self.epoch < self.switch_epoch:
             return _power_probs(self.class_counts, 1.0)
-        mass = torch.where(counts > 0, counts * (1.0 - self.beta) / (1.0 - self.beta ** counts), counts)
+        counts = self.class_counts.double()
+        seen = counts > 0  # a label without images keeps mass 0
+        mass = torch.zeros_like(counts)
+        mass[seen] = counts[seen] * effective_number_weights(counts[seen], self.beta).double()
         return mass / mass.sum()
 
 
