@@ -1,8 +1,9 @@
 """RSG: the Rare-class Sample Generator (Wang et al., "RSG: A Simple but Effective Module for Learning
 Imbalanced Datasets", CVPR 2021), device-agnostic and vectorised.
 
-The module reproduces the official implementation's outputs and gradients (see ``rsg-spec.md`` and the golden
-vectors), including its quirks, with changes that do not alter the maths:
+The module reproduces the official implementation's outputs and gradients (``tests/test_rsg.py`` checks them against
+golden vectors from the official code, ``tests/data``), including its quirks, with changes that do not alter the
+maths:
 
 * the centre distances are expanded algebraically instead of materialising ``[B, K, C, H, W]`` tensors;
 * the pair classifier's 3x3 convolution, followed only by an average pool, is computed as window sums and a

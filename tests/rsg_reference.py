@@ -1,7 +1,7 @@
-"""A literal, slow transcription of rsg-spec.md, used only to check the vectorised RSG on cases the golden
-vectors do not cover (odd batches, single samples, head-only / tail-only batches, strength != 1).
+"""A literal, slow transcription of what the official RSG module computes, used only to check the vectorised RSG on
+cases the golden vectors do not cover (odd batches, single samples, head-only / tail-only batches, strength != 1).
 
-It follows the spec step by step: it materialises the ``[B, K, C, H, W]`` differences and loops over MV
+It follows the official algorithm step by step: it materialises the ``[B, K, C, H, W]`` differences and loops over MV
 segments, exactly the things the real module avoids.
 """
 import torch

@@ -1,4 +1,4 @@
-"""Long-tailed datasets, class profiles, samplers and transforms (see ``docs/design.md``, section Data)."""
+"""Long-tailed datasets, class profiles, samplers, transforms and the loaders that batch them."""
 from .cifar_lt import ArrayLTDataset, CifarLT
 from .demo import DemoLT
 from .factory import create_lt_dataset, default_imb_type, list_lt_datasets
