@@ -8,9 +8,7 @@ Pass a plain backbone (``--model cifar_resnet32``) to train the same network wit
 """
 import argparse
 import copy
-import csv
 import datetime
-import difflib
 import json
 import logging
 import math
@@ -23,30 +21,25 @@ import torch
 import yaml
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import (ParseKwargs, distribute_bn, get_state_dict, init_distributed_device, is_primary, random_seed,
                         setup_default_logging, unwrap_model, update_summary)
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.cli import run_cli
-from rsg_timm.checkpoint import RunCheckpointSaver, checkpoint_extras, find_resume_checkpoint, \
-    fork_training_state, load_training_checkpoint
+from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, check_state_dict_fits, checkpoint_extras, \
+    find_resume_checkpoint, fork_training_state, load_training_checkpoint
 from rsg_timm.constants import CLASS_COUNTS_KEY
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
     list_lt_datasets, list_samplers, sampler_kwargs
-from rsg_timm.engine import check_divergence, evaluate, train_one_epoch
+from rsg_timm.engine import check_divergence, evaluate, format_loss_terms, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy, plot_training_curves
-from rsg_timm.models import backbone_arch, is_rsg_model, set_cosine_classifier, supports_cosine_classifier
+from rsg_timm.models import is_rsg_model
+from rsg_timm.recipes import create_lr_scheduler, create_recipe_model, resolve_recipe
+from rsg_timm.run_folder import create_run_dir, new_run_dir, truncate_summary
 
 _logger = logging.getLogger('train')
-
-RSG_FLAGS = ('rsg_stage', 'rsg_n_center', 'rsg_contrastive_dim', 'rsg_strength', 'rsg_epoch_thresh',
-             'rsg_head_ratio', 'rsg_cesc_weight', 'rsg_mv_weight')
-# The RSG CIFAR recipe's milestones as shares of its 200 epochs: x0.01 from epoch 159 and x1e-4 from 179 (0-based), DRW
-# from 160, generation after 159. timm's multistep scheduler applies milestone m from epoch m - 1, hence 160 / 180.
-LATE_PHASE, LAST_DECAY = 0.8, 0.9
 
 config_parser = argparse.ArgumentParser(description='Training config', add_help=False)
 config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
@@ -271,137 +264,6 @@ def _load_resume(args: argparse.Namespace, argv) -> dict:
     return checkpoint
 
 
-def _run_dir(args: argparse.Namespace) -> str:
-    """The run folder; refuses, before any work, a named folder that exists and is not the one being resumed."""
-    root = args.output or os.path.join('output', 'train')
-    if args.resume:
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-        named = os.path.join(root, args.experiment or os.path.basename(run_dir))
-        if (args.output or args.experiment) and os.path.realpath(named) != os.path.realpath(run_dir):
-            raise ValueError(f'--resume continues the run in its own folder {run_dir}, but --output/--experiment '
-                             f'name {named}: drop them (--fork starts a new run from a checkpoint)')
-        return run_dir
-    if args.experiment:
-        run_dir = os.path.join(root, args.experiment)
-        if os.path.exists(run_dir):
-            raise ValueError(f'run folder {run_dir} already exists and holds another run\'s results: choose another '
-                             f'--experiment, or continue that run with --resume {run_dir}')
-        return run_dir
-    name = f'{time.strftime("%Y%m%d-%H%M%S")}-{args.model}-{args.dataset}'.replace('/', '_').replace(':', '_')
-    return os.path.join(root, name)
-
-
-def _create_run_dir(run_dir: str, args: argparse.Namespace) -> str:
-    """Create the run folder atomically, so that no two runs share it; a default name gets a free ``-<n>`` suffix."""
-    if args.resume:
-        return run_dir
-    os.makedirs(os.path.dirname(run_dir) or '.', exist_ok=True)
-    for n in range(1000):
-        candidate = run_dir if n == 0 else f'{run_dir}-{n}'
-        try:
-            os.mkdir(candidate)
-            return candidate
-        except FileExistsError:
-            if args.experiment:  # created by another run since _run_dir checked it
-                raise ValueError(f'run folder {run_dir} was just created by another run: choose another '
-                                 f'--experiment') from None
-    raise ValueError(f'no free run folder name {run_dir}-<n>; pass --experiment')
-
-
-def _truncate_summary(path: str, start_epoch: int) -> None:
-    """Drop ``summary.csv`` rows from ``start_epoch`` on: a kill after the summary line but before its checkpoint, or
-    a resume from an earlier checkpoint, would otherwise leave those epochs twice."""
-    if not os.path.isfile(path):
-        return
-    with open(path, newline='') as f:
-        reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames, [r for r in reader if int(r['epoch']) < start_epoch]
-    with open(path + '.partial', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + '.partial', path)
-
-
-def _resolve_defaults(args: argparse.Namespace) -> None:
-    """Fill the flags left unset: the loss by head (LDAM + DRW where the cosine classifier is used, CE otherwise),
-    the RSG CIFAR recipe's epoch milestones (LR decay from 159/179, DRW from 160, generation after 159 of 200)
-    scaled to ``--epochs``, a warm-up that fits the run; and check the model name and the RSG flags."""
-    if not timm.is_model(args.model):
-        close = difflib.get_close_matches(args.model, timm.list_models(), n=5, cutoff=0.6)
-        raise SystemExit(f'error: Unknown model {args.model!r}' + (f'; close matches: {", ".join(close)}' if close
-                                                                   else "; timm.list_models('*name*') lists them"))
-    # LDAM multiplies the logits by s = 30, meant for a cosine head's [-1, 1]; on a linear head it diverges
-    if args.cosine_classifier is None:
-        args.cosine_classifier = supports_cosine_classifier(args.model) and (
-            args.loss == 'ldam' or (args.loss is None and backbone_arch(args.model).startswith('cifar_resnet')))
-    if args.loss is None:
-        args.loss = 'ldam' if args.cosine_classifier else 'ce'
-    if args.reweight is None:
-        args.reweight = 'drw' if args.loss == 'ldam' else 'none'
-    if args.loss == 'ldam' and not args.cosine_classifier:
-        _logger.warning(f'--loss ldam on the linear head of {args.model}: LDAM scales the logits by s '
-                        f'(--ldam-s, 30 by default) for a cosine classifier and tends to diverge on a linear one')
-    if args.warmup_epochs >= args.epochs > 0:
-        _logger.warning(f'--warmup-epochs {args.warmup_epochs} would ramp the whole {args.epochs}-epoch run; '
-                        f'using {args.epochs // 5}')
-        args.warmup_epochs = args.epochs // 5
-    late = int(LATE_PHASE * args.epochs)
-    if args.decay_milestones is None:
-        args.decay_milestones = [late, int(LAST_DECAY * args.epochs)]
-    if args.drw_epoch is None:
-        args.drw_epoch = late
-    if args.drs_epoch is None:
-        args.drs_epoch = late
-    is_rsg = is_rsg_model(args.model)
-    if is_rsg and args.rsg_epoch_thresh is None:
-        args.rsg_epoch_thresh = max(late - 1, 0)
-    if args.select_on == 'val' and args.val_split == args.test_split:
-        raise SystemExit(f'--select-on val picks the epoch on --val-split and tests it on --test-split, but both are '
-                         f'{args.val_split!r}: pass --val-split val (a split apart from the test split)')
-    given = [f'--{k.replace("_", "-")}' for k in RSG_FLAGS if getattr(args, k) is not None]
-    if given and not is_rsg:
-        raise SystemExit(f'{", ".join(given)} need an rsg_* model; --model {args.model} has no RSG')
-
-
-def _create_model(args: argparse.Namespace, num_classes: int, class_counts) -> torch.nn.Module:
-    kwargs = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
-    kwargs.update({k: getattr(args, k) for k in RSG_FLAGS if getattr(args, k) is not None})
-    cifar_family = backbone_arch(args.model).startswith('cifar_resnet')
-    has_cosine = supports_cosine_classifier(args.model)
-    cosine = args.cosine_classifier  # resolved in _resolve_defaults
-    if cosine and not has_cosine:
-        raise SystemExit(f'--cosine-classifier is available for the CIFAR and timm ResNet families, not {args.model}')
-    if cosine and cifar_family:
-        kwargs['use_norm'] = True
-    if getattr(args, 'official_init', False):  # absent from the args of checkpoints older than the flag (--fork)
-        if cifar_family or not has_cosine:
-            raise SystemExit(f'--official-init is for the timm ResNet family (the CIFAR ResNets already follow the '
-                             f'official init), not {args.model}')
-        kwargs['zero_init_last'] = False
-        if is_rsg_model(args.model):
-            kwargs['rsg_init'] = 'backbone'
-    kwargs = {k: v for k, v in dict(kwargs, **args.model_kwargs).items() if v is not None}
-    model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
-    if cosine and not cifar_family:  # timm's entrypoints take no cosine option: swap the built head
-        set_cosine_classifier(model)
-    if is_rsg_model(model):
-        model.set_class_counts(class_counts)
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    if args.torchcompile:
-        # in place (Module.compile), so state_dict keys stay the backbone's; dynamic: generated samples change B
-        for info in model.feature_info[1:]:
-            model.get_submodule(info['module']).compile(backend=args.torchcompile, dynamic=True)
-    return model
-
-
-def create_lr_scheduler(args: argparse.Namespace, optimizer, updates_per_epoch: int):
-    """timm's scheduler for the resolved flags; returns ``(scheduler, num_epochs)``. Epoch ``e`` trains at the rate
-    set by ``scheduler.step(e)`` (``step(0)`` is the scheduler's initial state)."""
-    return create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=updates_per_epoch)
-
-
 def _drop_checkpoint_list(record: logging.LogRecord) -> bool:
     """timm's saver logs its whole checkpoint list at every save; train.py logs it once, at the end."""
     return not record.getMessage().startswith('Current checkpoints')
@@ -425,7 +287,7 @@ def _describe_run(args: argparse.Namespace, model: torch.nn.Module, device: torc
         f'channels-last {"on" if args.channels_last else "off"}'
         f'{", torch.compile " + args.torchcompile if args.torchcompile else ""}',
     ]
-    if hasattr(model, 'rsg'):
+    if is_rsg_model(model):
         lines.append(f'RSG        after stage {model.rsg_stage}, head classes {model.rsg_head_classes}; CESC only '
                      f'through epoch {model.rsg.epoch_thresh}, generation after it')
     return 'run configuration:\n  ' + '\n  '.join(lines)
@@ -461,17 +323,15 @@ class _RunState:
 def _check_class_counts(checkpoint: dict, class_counts, source: str, verb: str) -> None:
     """A run continues only on the data it was trained on."""
     if checkpoint.get(CLASS_COUNTS_KEY) not in (None, list(class_counts)):
-        raise SystemExit(f'{source} trained on class counts {checkpoint[CLASS_COUNTS_KEY]}, not {class_counts}: '
-                         f'{verb} with the same dataset flags')
+        raise CheckpointError(f'{source} trained on class counts {checkpoint[CLASS_COUNTS_KEY]}, not '
+                              f'{class_counts}: {verb} with the same dataset flags')
 
 
 def _resume(checkpoint: dict, path: str, model, optimizer, loss_scaler, class_counts, restore_optimizer: bool) -> int:
     """Restore model (RSG included), optimizer, AMP scaler and RNG; returns the epoch to start from."""
     _check_class_counts(checkpoint, class_counts, f'{path} was', 'resume')
-    try:
-        model.load_state_dict(checkpoint['state_dict'])
-    except RuntimeError as e:
-        raise SystemExit(f'{path} does not fit --model {unwrap_model(model).pretrained_cfg["architecture"]}: {e}')
+    check_state_dict_fits(checkpoint['state_dict'], model, path)
+    model.load_state_dict(checkpoint['state_dict'])
     if restore_optimizer and 'optimizer' in checkpoint:
         optimizer.load_state_dict(checkpoint['optimizer'])
     if loss_scaler is not None and 'amp_scaler' in checkpoint:
@@ -487,12 +347,12 @@ def _fork(path: str, model, optimizer, class_counts) -> int:
     checkpoint = load_training_checkpoint(path)
     source_args = checkpoint.get('args')
     if source_args is None or 'optimizer' not in checkpoint:
-        raise SystemExit(f'--fork {path}: not a train.py checkpoint (no args or optimizer state); fork from a run\'s '
-                         f'last.pth.tar or checkpoint-<epoch>.pth.tar')
+        raise CheckpointError(f'--fork {path}: not a train.py checkpoint (no args or optimizer state); fork from a '
+                              f'run\'s last.pth.tar or checkpoint-<epoch>.pth.tar')
     _check_class_counts(checkpoint, class_counts, f'--fork {path}:', 'fork')
     source_args = argparse.Namespace(**dict(vars(source_args), pretrained=False, torchcompile=None,
                                             grad_checkpointing=False))
-    source = _create_model(source_args, len(class_counts), class_counts)
+    source = create_recipe_model(source_args, len(class_counts), class_counts)
     source.load_state_dict(checkpoint['state_dict'])
     source_optimizer = create_optimizer_v2(source, **optimizer_kwargs(cfg=source_args),
                                            filter_bias_and_bn=not source_args.decay_all_params)
@@ -509,12 +369,12 @@ def main(argv=None) -> dict:
     logging.getLogger('timm.utils.checkpoint_saver').addFilter(_drop_checkpoint_list)
     args = _parse_args(argv)
     if args.resume and args.fork:
-        raise SystemExit('--resume continues a run in its own folder, --fork starts a new one: pass one of them')
+        raise ValueError('--resume continues a run in its own folder, --fork starts a new one: pass one of them')
     checkpoint = _load_resume(args, argv) if args.resume else None
     if args.imb_type is None:
         args.imb_type = default_imb_type(args.dataset)
-    _resolve_defaults(args)
-    output_dir = _run_dir(args)
+    resolve_recipe(args)
+    output_dir = new_run_dir(args)
     device = init_distributed_device(args)
     if device.type == 'cpu':
         # Once trained, RSG's generation phase produces denormal floats; without flushing them a CPU step took
@@ -534,9 +394,9 @@ def main(argv=None) -> dict:
                 dataset.check_images()
     class_counts, label_names = list(train_set.class_counts), list(train_set.classes)
     if args.num_classes is not None and args.num_classes != len(class_counts):
-        raise SystemExit(f'--num-classes {args.num_classes} but {args.dataset} has {len(class_counts)} classes')
+        raise ValueError(f'--num-classes {args.num_classes} but {args.dataset} has {len(class_counts)} classes')
 
-    model = _create_model(args, len(class_counts), class_counts)
+    model = create_recipe_model(args, len(class_counts), class_counts)
     data_config = resolve_data_config(vars(args), model=model)
     model.to(device)
     if args.channels_last:
@@ -573,13 +433,13 @@ def main(argv=None) -> dict:
     run = _RunState(model, class_counts, label_names)
     saver = None
     if is_primary(args):
-        output_dir = _create_run_dir(output_dir, args)
+        output_dir = create_run_dir(output_dir, args)
         saver = RunCheckpointSaver(model, optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
                                    recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
                                    max_history=args.checkpoint_hist, task=run)
         if args.resume:
             saver.restore(checkpoint, args.resume)
-            _truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
+            truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
             # the resolved flags only (not the distributed bookkeeping), so the file works as a --config
             names = _arg_names(_build_parser())
@@ -590,17 +450,14 @@ def main(argv=None) -> dict:
     checkpoint = None  # the resumed state is in place; free its tensors
 
     progress = is_primary(args) and not args.no_progress and sys.stderr.isatty()
-    num_updates = start_epoch * len(train_loader)
     eval_metrics, evaluator = {}, None
     run_start = time.perf_counter()
     for epoch in range(start_epoch, num_epochs):
-        criterion.set_class_weight(reweight.weight_for_epoch(epoch))
         train_metrics = train_one_epoch(
             train_model, train_loader, criterion, optimizer, epoch=epoch, device=device, amp_dtype=amp_dtype,
-            loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, num_updates=num_updates, clip_grad=args.clip_grad,
+            loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, reweight=reweight, clip_grad=args.clip_grad,
             clip_mode=args.clip_mode, channels_last=args.channels_last, log_interval=args.log_interval,
             log_seconds=args.log_seconds, num_epochs=num_epochs, progress=progress)
-        num_updates = int(train_metrics.pop('num_updates'))
         if args.distributed:
             distribute_bn(model, args.world_size, reduce=True)
         eval_metrics, evaluator = evaluate(
@@ -613,12 +470,12 @@ def main(argv=None) -> dict:
             elapsed = time.perf_counter() - run_start
             eta = elapsed / (epoch + 1 - start_epoch) * (num_epochs - epoch - 1)
             phase = ''
-            if hasattr(model, 'rsg'):
+            if is_rsg_model(model):
                 phase = ' [RSG generation]' if epoch > model.rsg.epoch_thresh else ' [RSG CESC]'
             _logger.info(f'epoch {epoch} ({epoch + 1}/{num_epochs}, {_format_duration(elapsed)} elapsed, ETA '
-                         f'{_format_duration(eta)}): ce {train_metrics["ce"]:.4f} (cesc {train_metrics["cesc"]:.3f}, '
-                         f'mv {train_metrics["mv"]:.3f}, +{train_metrics["generated"]:.1f} generated/batch; total '
-                         f'{train_metrics["loss"]:.4f}) lr {train_metrics["lr"]:.3g} '
+                         f'{_format_duration(eta)}): {format_loss_terms(train_metrics)}'
+                         + (f' +{train_metrics["generated"]:.1f} generated/batch' if is_rsg_model(model) else '')
+                         + f' lr {train_metrics["lr"]:.3g} '
                          f'{train_metrics["images_per_sec"]:.0f} img/s | eval '
                          + format_metrics(eval_metrics, ('loss', 'top1', 'many', 'medium', 'few', 'ece')) + phase)
             update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),

@@ -115,7 +115,7 @@ def _resolve_dataset(args: argparse.Namespace, record: dict) -> None:
     recorded = record.get('dataset')
     if args.dataset is None:
         if recorded is None:
-            raise SystemExit(f'{args.model} does not record the dataset it was trained on; pass --dataset '
+            raise ValueError(f'{args.model} does not record the dataset it was trained on; pass --dataset '
                              f'({", ".join(list_lt_datasets())}) and --data-dir')
         args.dataset = recorded
         _logger.info(f'--dataset {recorded} (recorded by {args.model})')
@@ -137,7 +137,7 @@ def _logit_scale(args: argparse.Namespace, model: torch.nn.Module, record: dict)
     if scale is not None:
         return scale
     if has_cosine_classifier(model):
-        raise SystemExit(
+        raise ValueError(
             f'--logit-adjust: {args.model} has a cosine classifier (logits in [-1, 1]) and records no training loss, '
             f'so the scale its loss applied is unknown and log-priors would swamp the logits; pass --logit-scale S '
             f'(the --ldam-s it was trained with, 30 by default)')
@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
                                 imb_type=args.imb_type, imb_factor=args.imb_factor, imb_select=args.imb_select,
                                 download=args.dataset_download)
     if len(dataset.classes) != model.num_classes:
-        raise SystemExit(f'{args.model} predicts {model.num_classes} classes but {args.dataset} has '
+        raise ValueError(f'{args.model} predicts {model.num_classes} classes but {args.dataset} has '
                          f'{len(dataset.classes)}; evaluate it on the dataset it was trained for')
     if class_counts is None:
         class_counts = record.get('class_counts')

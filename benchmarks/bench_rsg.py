@@ -222,13 +222,13 @@ def _train_step(
     """
     with autocast_context(images.device, amp_dtype):
         if rsg_epoch is None:
-            logits, loss_target, aux = model(images), target, None
+            logits, loss_target, aux_losses = model(images), target, {}
         else:
             model.set_epoch(rsg_epoch)
             out = model(images, target=target)
-            logits, loss_target, aux = out.logits, out.target, out.aux_loss
+            logits, loss_target, aux_losses = out.logits, out.target, out.aux_losses
     loss = F.cross_entropy(logits.float(), loss_target)
-    (loss if aux is None else loss + aux).backward()
+    (loss + sum(aux_losses.values())).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

@@ -8,8 +8,8 @@ reads every run's ``summary.csv`` (validate.py's metrics, evaluated each epoch o
 exports) and the **best test epoch** (what the official RSG / LDAM-DRW code reports, so the paper's numbers compare
 to it) are given, labelled. A finished run folder is reused, so an interrupted reproduction picks up where it stopped.
 
-``--epochs E`` scales the 200-epoch schedule as train.py does (LR decay at 80% and 90% minus one, DRW from 80%, RSG
-generation after 80% minus one), passing those flags explicitly. Arguments after ``--`` go to every train.py run.
+``--epochs E`` scales the 200-epoch schedule as train.py does (``rsg_timm.recipes.scaled_schedule``: LR decay from
+80% and 90% in, DRW from 80%, RSG generation after 80% minus one), passing those flags explicitly. Arguments after ``--`` go to every train.py run.
 """
 import argparse
 import importlib.util
@@ -17,16 +17,19 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rsg_timm.cli import run_cli  # noqa: E402
-from rsg_timm.model_card import markdown_table, read_run  # noqa: E402
+from rsg_timm.model_card import markdown_table  # noqa: E402
+from rsg_timm.models import is_rsg_model  # noqa: E402
+from rsg_timm.recipes import scaled_schedule  # noqa: E402
+from rsg_timm.run_folder import read_run  # noqa: E402
 
 _logger = logging.getLogger('reproduce')
 
@@ -63,12 +66,12 @@ def _method_name(method: str) -> str:
     return _METHOD_NAMES.get(base, base) + ('-RSG' if base != method else '')
 
 
-def _load_train_script() -> ModuleType:
-    """train.py as a module: its parser and schedule rule, and its ``main`` for ``--in-process``."""
+def _train_main() -> Callable[[Sequence[str]], dict]:
+    """train.py's ``main``, for ``--in-process``."""
     spec = importlib.util.spec_from_file_location('_reproduce_train', REPO / 'train.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    return module.main
 
 
 def find_recipes(set_name: str, config_dir: Path, only: Optional[Sequence[str]] = None) -> Dict[str, Path]:
@@ -89,15 +92,17 @@ def find_recipes(set_name: str, config_dir: Path, only: Optional[Sequence[str]] 
     return recipes
 
 
-def schedule_flags(train: ModuleType, config: Path, epochs: int) -> List[str]:
-    """The flags that scale ``config``'s schedule to ``epochs``, computed by train.py's own rule."""
-    args = train._parse_args(['--config', str(config), '--epochs', str(epochs)])
-    args.decay_milestones = args.drw_epoch = args.rsg_epoch_thresh = None  # let train.py derive them from epochs
-    train._resolve_defaults(args)
-    flags = ['--epochs', str(epochs), '--decay-milestones', *map(str, args.decay_milestones),
-             '--drw-epoch', str(args.drw_epoch)]
-    if args.rsg_epoch_thresh is not None:  # set only for rsg_* models
-        flags += ['--rsg-epoch-thresh', str(args.rsg_epoch_thresh)]
+def schedule_flags(config: Path, epochs: int) -> List[str]:
+    """The flags that scale ``config``'s schedule to ``epochs``, by train.py's own rule
+    (:func:`rsg_timm.recipes.scaled_schedule`)."""
+    model = (yaml.safe_load(config.read_text()) or {}).get('model')
+    if model is None:
+        raise ValueError(f'{config} names no model: a recipe sets model: <arch>')
+    schedule = scaled_schedule(epochs)
+    flags = ['--epochs', str(epochs), '--decay-milestones', *map(str, schedule['decay_milestones']),
+             '--drw-epoch', str(schedule['drw_epoch'])]
+    if is_rsg_model(model):
+        flags += ['--rsg-epoch-thresh', str(schedule['rsg_epoch_thresh'])]
     return flags
 
 
@@ -163,14 +168,13 @@ def _parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List
 def main(argv: Optional[Sequence[str]] = None) -> Optional[pd.DataFrame]:
     args, train_extra = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    train = _load_train_script()
     recipes = find_recipes(args.set, args.config_dir, args.only)
     runs, failed = {}, []
     for method, config in recipes.items():
         run_dir = args.output / args.set / _run_name(config, args.epochs)
         train_args = ['--config', str(config), '--output', str(run_dir.parent), '--experiment', run_dir.name,
                       *(['--data-dir', args.data_dir] if args.data_dir else []),
-                      *(schedule_flags(train, config, args.epochs) if args.epochs else []), *train_extra]
+                      *(schedule_flags(config, args.epochs) if args.epochs else []), *train_extra]
         command = [sys.executable, str(REPO / 'train.py'), *train_args]
         runs[method] = run_dir
         if args.dry_run:
@@ -180,7 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[pd.DataFrame]:
         else:
             _logger.info(f'{method}: {subprocess.list2cmdline(command)}')
             if args.in_process:
-                train.main(train_args)
+                _train_main()(train_args)
             elif subprocess.run(command, cwd=REPO).returncode != 0:
                 _logger.error(f'{method}: train.py failed; leaving it out of the table')
                 failed.append(method)

@@ -21,7 +21,7 @@ from timm.models.resnet import ResNet
 from timm.utils import CheckpointSaver
 
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
-from .models import COSINE_CLASSIFIER_KEY, backbone_arch, has_cosine_classifier, is_rsg_model, linear_to_cosine, \
+from .models import COSINE_CLASSIFIER_KEY, CheckpointError, check_state_dict_fits, backbone_arch, has_cosine_classifier, is_rsg_model, linear_to_cosine, \
     set_cosine_classifier
 
 __all__ = ['CheckpointError', 'RunCheckpointSaver', 'checkpoint_extras', 'find_resume_checkpoint',
@@ -33,10 +33,6 @@ _logger = logging.getLogger(__name__)
 # timm's CheckpointSaver names: every save goes to TMP_CHECKPOINT first, then replaces LAST_CHECKPOINT.
 LAST_CHECKPOINT = 'last.pth.tar'
 TMP_CHECKPOINT = 'tmp.pth.tar'
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the fix."""
 
 
 def checkpoint_extras(
@@ -244,22 +240,6 @@ def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dic
     return config
 
 
-def _load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str, arch: str) -> None:
-    """Load ``state_dict`` strictly, dropping RSG keys when ``model`` has no RSG, with an error naming the mismatch."""
-    if not is_rsg_model(model):
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(RSG_KEY_PREFIX)}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f'{source} does not fit {arch}: {len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected '
-            f'{unexpected[:3]}, {len(mismatched)} with other shapes {mismatched[:3]}. Is it a checkpoint of another '
-            f'architecture or class count? Pass the --model it was trained with.')
-    model.load_state_dict(state_dict)
-
-
 def create_eval_model(
         model_name: str,
         checkpoint_path: str = '',
@@ -316,5 +296,9 @@ def create_eval_model(
     model = timm.create_model(model_name, **create_kwargs)
     if checkpoint.get(COSINE_CLASSIFIER_KEY):
         set_cosine_classifier(model)
-    _load_weights(model, checkpoint['state_dict'], repr(checkpoint_path), model_name)
+    state_dict = checkpoint['state_dict']
+    if not is_rsg_model(model):  # an rsg_* run's checkpoint also evaluates as its plain backbone
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(RSG_KEY_PREFIX)}
+    check_state_dict_fits(state_dict, model, repr(checkpoint_path))
+    model.load_state_dict(state_dict)
     return model, checkpoint.get(CLASS_COUNTS_KEY), checkpoint.get(LABEL_NAMES_KEY)

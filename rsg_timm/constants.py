@@ -2,7 +2,7 @@
 
 __all__ = [
     'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
-    'MANY_SHOT_MIN', 'FEW_SHOT_MAX', 'CLASS_COUNTS_KEY', 'LABEL_NAMES_KEY', 'RSG_KEY_PREFIX',
+    'MANY_SHOT_MIN', 'FEW_SHOT_MAX', 'CLASS_COUNTS_KEY', 'LABEL_NAMES_KEY', 'RSG_KEY_PREFIX', 'TRAIN_METRICS',
 ]
 
 # The CIFAR statistics used by LDAM-DRW and the official RSG code (so recipes and checkpoints carry over).
@@ -20,3 +20,7 @@ CLASS_COUNTS_KEY = 'class_counts'
 LABEL_NAMES_KEY = 'label_names'
 # State-dict keys of an RSG model's RSG module (the backbone's keys have no prefix).
 RSG_KEY_PREFIX = 'rsg.'
+
+# What the engine's train_one_epoch reports (summary.csv's train_* columns) besides the auxiliary loss terms a model
+# names itself (an rsg_* model's cesc and mv).
+TRAIN_METRICS = ('loss', 'ce', 'generated', 'top1', 'lr', 'images_per_sec')

@@ -1,8 +1,10 @@
 """The training step and the evaluation loop shared by ``train.py`` and ``validate.py``.
 
-The scripts parse flags and wire objects; everything that runs per batch lives here and takes explicit arguments.
-A model that accepts ``target=`` (the ``rsg_*`` models) is called with the labels in training and returns an
-``RSGOutput`` whose auxiliary loss is added to the classification loss over real and generated samples.
+The scripts parse flags and wire objects; everything that runs per batch or switches per epoch lives here and takes
+explicit arguments. A model whose ``forward`` accepts ``target=`` (the ``rsg_*`` models) is called with the labels
+in training and may return, instead of logits, an output with ``logits``, ``target`` (the labels of the rows of
+``logits``, generated samples included) and ``aux_losses``, a dict of named loss terms: the engine adds every term
+to the criterion's loss and meters each under its name, whatever the model calls it.
 """
 import inspect
 import logging
@@ -14,10 +16,11 @@ import torch
 import torch.nn as nn
 from timm.utils import dispatch_clip_grad, unwrap_model
 
+from .constants import TRAIN_METRICS
 from .metrics import LongTailEvaluator
 
 __all__ = ['NonFiniteLossError', 'DivergedError', 'check_divergence', 'train_one_epoch', 'evaluate',
-           'autocast_context', 'DIVERGED_CE']
+           'autocast_context', 'format_loss_terms', 'DIVERGED_CE']
 
 _logger = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def train_one_epoch(
         amp_dtype: Optional[torch.dtype] = None,
         loss_scaler: Optional[torch.amp.GradScaler] = None,
         lr_scheduler: Any = None,
-        num_updates: int = 0,
+        reweight: Any = None,
         clip_grad: Optional[float] = None,
         clip_mode: str = 'norm',
         channels_last: bool = False,
@@ -94,26 +97,32 @@ def train_one_epoch(
         num_epochs: Optional[int] = None,
         progress: bool = False,
 ) -> Dict[str, float]:
-    """Train for one epoch.
+    """Train for one epoch, after switching everything that changes per epoch: the model's phase and the sampler
+    (``set_epoch``) and the criterion's class weights (``reweight.weight_for_epoch``).
 
     Args:
+        reweight: a re-weighting schedule (``rsg_timm.losses.create_reweight``); None leaves the criterion as it is.
         log_interval: log a line every this many steps (0: never) when there is no progress bar.
         log_seconds: also log once this many seconds have passed since the last line, so a log file (nohup,
             Slurm) shows a run is alive even when an epoch has fewer steps than ``log_interval``.
         num_epochs: the run's length, shown as ``epoch (epoch + 1/num_epochs)``.
 
     Returns:
-        Mean ``loss`` (total), ``ce``, ``cesc``, ``mv`` over the epoch, the mean number of ``generated`` samples per
-        batch, ``top1`` on the real training samples, the final ``lr``, ``images_per_sec`` (real images) and
-        ``num_updates``.
+        Means over the epoch of ``loss`` (the total), ``ce`` (the criterion) and each auxiliary term the model named
+        (an rsg_* model: ``cesc`` and ``mv``, weighted, so that ``loss = ce + cesc + mv``), the mean number of
+        ``generated`` samples per batch, ``top1`` on the real training samples, the final ``lr`` and
+        ``images_per_sec`` (real images).
     """
     model.train()
     with_target = _takes_target(model)
     _set_epoch(unwrap_model(model), epoch)
     _set_epoch(loader, epoch)
+    if reweight is not None:
+        criterion.set_class_weight(reweight.weight_for_epoch(epoch))
     num_batches = len(loader)
-    sums = torch.zeros(6, device=device)  # loss, ce, cesc, mv, generated, correct: summed on device
-    seen, start = 0, time.perf_counter()
+    num_updates = epoch * num_batches  # as timm: the per-update schedule needs no state carried between epochs
+    sums: Dict[str, torch.Tensor] = {}  # summed on device: one host read per log line
+    seen, generated, start = 0, 0, time.perf_counter()
     last_log = start
     run_epoch = f'{epoch} ({epoch + 1}/{num_epochs})' if num_epochs else f'{epoch}'
     batches = loader
@@ -132,16 +141,16 @@ def train_one_epoch(
         with autocast_context(device, amp_dtype):
             out = model(images, target=target) if with_target else model(images)
         if isinstance(out, torch.Tensor):
-            logits, loss_target, aux, cesc, mv = out, target, None, None, None
+            logits, loss_target, aux_losses = out, target, {}
         else:
-            logits, loss_target, aux, cesc, mv = out.logits, out.target, out.aux_loss, out.loss_cesc, out.loss_mv
+            logits, loss_target, aux_losses = out.logits, out.target, out.aux_losses
         ce = criterion(logits.float(), loss_target)
-        loss = ce if aux is None else ce + aux
+        loss = ce + sum(aux_losses.values()) if aux_losses else ce
+        terms = dict(loss=loss, ce=ce, **aux_losses)
 
         # 4. stop before the update when the loss is not finite (one host read per step)
         if not torch.isfinite(loss):
-            terms = {'loss': loss, 'ce': ce, 'cesc': cesc, 'mv': mv}
-            raise NonFiniteLossError(epoch, step, {k: float(v.detach()) for k, v in terms.items() if v is not None})
+            raise NonFiniteLossError(epoch, step, {k: float(v.detach()) for k, v in terms.items()})
 
         # 5-8. backward, clip, step, zero
         if loss_scaler is not None:
@@ -164,11 +173,11 @@ def train_one_epoch(
             lr_scheduler.step_update(num_updates=num_updates)
 
         # 10. meters, kept on device
-        zero = loss.new_zeros(())
-        sums += torch.stack([loss.detach(), ce.detach(), (cesc if cesc is not None else zero).detach().float(),
-                             (mv if mv is not None else zero).detach().float(),
-                             zero + (loss_target.numel() - target.numel()),
-                             (logits[:target.numel()].argmax(-1) == target).sum().float()])
+        terms['correct'] = (logits[:target.numel()].argmax(-1) == target).sum()
+        for name, value in terms.items():
+            value = value.detach().float()
+            sums[name] = sums[name] + value if name in sums else value
+        generated += loss_target.numel() - target.numel()
         seen += target.numel()
 
         # 11. log at the interval or after log_seconds (host read of the meters); CE first, the auxiliary terms beside
@@ -176,20 +185,33 @@ def train_one_epoch(
         if not progress and ((log_interval and (step + 1) % log_interval == 0)
                              or (log_seconds and now - last_log >= log_seconds)):
             last_log = now
-            means = (sums / (step + 1)).tolist()
-            _logger.info(
-                f'train epoch {run_epoch} step {step + 1}/{num_batches}: ce {means[1]:.4f} (cesc {means[2]:.4f}, '
-                f'mv {means[3]:.4f}; total {means[0]:.4f}) lr {optimizer.param_groups[0]["lr"]:.3e} '
-                f'{seen / (now - start):.0f} img/s')
+            _logger.info(f'train epoch {run_epoch} step {step + 1}/{num_batches}: '
+                         f'{format_loss_terms(_means(sums, step + 1))} lr {optimizer.param_groups[0]["lr"]:.3e} '
+                         f'{seen / (now - start):.0f} img/s')
 
     elapsed = time.perf_counter() - start
-    means = (sums / max(1, num_batches)).tolist()  # host read: once per epoch
-    return {
-        'loss': means[0], 'ce': means[1], 'cesc': means[2], 'mv': means[3], 'generated': means[4],
-        'top1': 100.0 * means[5] * num_batches / max(seen, 1),
-        'lr': optimizer.param_groups[0]['lr'], 'images_per_sec': seen / max(elapsed, 1e-9),
-        'num_updates': num_updates,
-    }
+    metrics = _means(sums, max(1, num_batches))  # host read: once per epoch
+    correct = metrics.pop('correct', 0.0) * num_batches
+    return dict(metrics, generated=generated / max(1, num_batches), top1=100.0 * correct / max(seen, 1),
+                lr=optimizer.param_groups[0]['lr'], images_per_sec=seen / max(elapsed, 1e-9))
+
+
+def _means(sums: Dict[str, torch.Tensor], count: int) -> Dict[str, float]:
+    if not sums:
+        return {}
+    values = (torch.stack(list(sums.values())) / count).tolist()  # one host read for all meters
+    return dict(zip(sums, values))
+
+
+def format_loss_terms(metrics: Dict[str, float]) -> str:
+    """``ce 1.2345 (cesc 3.210, mv 0.012; total 4.5678)``: the classifier's loss first, then the auxiliary terms that
+    sum with it to the total; ``ce 1.2345`` alone for a model without auxiliary terms."""
+    aux = [k for k in metrics if k not in TRAIN_METRICS and k != 'correct']
+    if not aux:
+        return f'ce {metrics["ce"]:.4f}'
+    named = ', '.join(f'{k} {metrics[k]:.3f}' for k in aux)
+    return f'ce {metrics["ce"]:.4f} ({named}; total {metrics["loss"]:.4f})'
+
 
 
 @torch.no_grad()

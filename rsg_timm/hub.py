@@ -32,7 +32,8 @@ from timm.models import model_entrypoint
 
 from .checkpoint import create_eval_model, load_training_checkpoint
 from .export import save_pretrained
-from .model_card import create_model_card, read_run
+from .model_card import create_model_card
+from .run_folder import read_run
 from .models.pretrained import PRETRAINED_DIR, add_pretrained
 
 __all__ = ['export_run', 'push_to_hub']

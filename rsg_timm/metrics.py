@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .constants import FEW_SHOT_MAX, MANY_SHOT_MIN
+from .constants import FEW_SHOT_MAX, MANY_SHOT_MIN, TRAIN_METRICS
 from .losses import ClassCounts
 
 __all__ = [
@@ -321,6 +321,12 @@ def plot_per_class_accuracy(per_class: pd.DataFrame, path: str) -> Optional[str]
     return path
 
 
+def _loss_columns(columns: Sequence[str]) -> Tuple[str, ...]:
+    """The loss curves of a summary: the criterion, every auxiliary term the model named, the evaluation loss."""
+    aux_terms = [c for c in columns if c.startswith('train_') and c[len('train_'):] not in TRAIN_METRICS]
+    return ('train_ce', *aux_terms, 'eval_loss')
+
+
 def plot_training_curves(summary_csv: str, path: str) -> Optional[str]:
     """Plot a run's ``summary.csv`` per epoch to a PNG: the loss terms (log scale), top-1 with many/medium/few, and
     the learning rate, so a diverging or stalled run shows at a glance.
@@ -336,7 +342,7 @@ def plot_training_curves(summary_csv: str, path: str) -> Optional[str]:
     summary = pd.read_csv(summary_csv)
     fig = Figure(figsize=(12, 3.6), dpi=110)
     panels = (
-        ('loss (log scale)', ('train_ce', 'train_cesc', 'train_mv', 'eval_loss'), True),
+        ('loss (log scale)', _loss_columns(summary.columns), True),
         ('top-1 (%)', ('train_top1', 'eval_top1', 'eval_many', 'eval_medium', 'eval_few'), False),
         ('learning rate', ('lr',), True),
     )

@@ -1,11 +1,10 @@
-"""Read a train.py run folder and describe it as a Hugging Face model card (``README.md``).
+"""Describe a train.py run folder as a Hugging Face model card (``README.md``).
 
 The card says what a long-tail reader needs to judge the weights: the recipe (from ``args.yaml``), the training
 class profile and its many/medium/few groups, the last epoch's accuracy (the honest number) beside the best test
 epoch (labelled as selected on the test split, which is what the RSG and LDAM-DRW papers report), the per-class
 table, how to train it again, how to load it, the citation and the licence. Pure text: no network, no writes.
 """
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -16,8 +15,9 @@ import yaml
 from .constants import CLASS_COUNTS_KEY, FEW_SHOT_MAX, MANY_SHOT_MIN
 from .metrics import shot_split
 from .models import is_rsg_model
+from .run_folder import TrainingRun
 
-__all__ = ['TrainingRun', 'read_run', 'create_model_card', 'markdown_table', 'RSG_BIBTEX']
+__all__ = ['create_model_card', 'markdown_table', 'RSG_BIBTEX']
 
 RSG_BIBTEX = """@inproceedings{wang2021rsg,
   title     = {RSG: A Simple but Effective Module for Learning Imbalanced Datasets},
@@ -54,55 +54,6 @@ _PROFILE_KEYS = ('imb_type', 'imb_factor', 'imb_select')
 # Figures a run folder may hold (train.py writes them with the [plot] extra), shown in the card when present.
 _FIGURES = (('curves.png', 'Training curves'), ('per_class.png', 'Per-class accuracy against training images'))
 _MAX_TABLE_CLASSES = 100  # larger per-class tables stay in per_class.csv
-
-
-@dataclasses.dataclass
-class TrainingRun:
-    """What a train.py run folder records; ``summary`` / ``per_class`` are None when the run has not written them.
-
-    Args:
-        run_dir: the run folder.
-        args: the resolved training arguments (``args.yaml``).
-        summary: one row per finished epoch (``summary.csv``).
-        per_class: the last epoch's per-class accuracy (``per_class.csv``).
-    """
-    run_dir: Path
-    args: Dict[str, Any]
-    summary: Optional[pd.DataFrame]
-    per_class: Optional[pd.DataFrame]
-
-    @property
-    def last(self) -> Optional[pd.Series]:
-        """The last finished epoch's row."""
-        return None if self.summary is None or self.summary.empty else self.summary.iloc[-1]
-
-    @property
-    def best(self) -> Optional[pd.Series]:
-        """The row of the best epoch by the run's ``--eval-metric``, chosen on the evaluated (test) split as the
-        checkpoint saver did (first of equals)."""
-        if self.last is None:
-            return None
-        metric = self.summary[f'eval_{self.args.get("eval_metric", "top1")}']
-        return self.summary.loc[metric.idxmin() if self.args.get('eval_metric') == 'loss' else metric.idxmax()]
-
-
-def read_run(run_dir: Any) -> TrainingRun:
-    """Read a run folder written by train.py.
-
-    Raises:
-        FileNotFoundError: the folder is missing or has no ``args.yaml`` (so it is not a train.py run).
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f'run folder {str(run_dir)!r} does not exist; pass output/train/<experiment> as '
-                                f'written by train.py')
-    if not (run_dir / 'args.yaml').is_file():
-        raise FileNotFoundError(f'{str(run_dir)!r} is not a train.py run folder: it has no args.yaml (a run holds '
-                                f'args.yaml, summary.csv, last.pth.tar and its model.safetensors + config.json)')
-    args = yaml.safe_load((run_dir / 'args.yaml').read_text()) or {}
-    tables = {name: pd.read_csv(run_dir / f'{name}.csv') if (run_dir / f'{name}.csv').is_file() else None
-              for name in ('summary', 'per_class')}
-    return TrainingRun(run_dir, args, **tables)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

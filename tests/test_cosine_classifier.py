@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rsg_timm.recipes import create_recipe_model, resolve_recipe
 from helpers import load_script, run_in_plain_timm
 from rsg_timm.checkpoint import checkpoint_extras, create_eval_model
 from rsg_timm.export import save_pretrained, strip_rsg
@@ -21,8 +22,8 @@ COUNTS = [40, 20, 10, 5, 3]
 
 def _train_model(flags):
     args = train._parse_args(flags)
-    train._resolve_defaults(args)
-    return train._create_model(args, len(COUNTS), COUNTS)
+    resolve_recipe(args)
+    return create_recipe_model(args, len(COUNTS), COUNTS)
 
 
 def _trained(name: str, size: int = 64, **kwargs):
@@ -37,7 +38,7 @@ def _trained(name: str, size: int = 64, **kwargs):
     x, y = torch.randn(8, 3, size, size), torch.tensor([0, 0, 0, 1, 1, 2, 3, 4])
     model.train()
     out = model(x, target=y) if hasattr(model, 'rsg') else model(x)
-    loss = criterion(out.logits, out.target) + out.aux_loss if hasattr(model, 'rsg') else criterion(out, y)
+    loss = criterion(out.logits, out.target) + sum(out.aux_losses.values()) if hasattr(model, 'rsg') else criterion(out, y)
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)
@@ -61,7 +62,7 @@ def test_ldam_picks_the_cosine_head_for_timm_resnets(name):
 
 def test_cosine_head_refused_where_no_family_has_one():
     assert not supports_cosine_classifier('test_convnext')
-    with pytest.raises(SystemExit, match='CIFAR and timm ResNet families, not test_convnext'):
+    with pytest.raises(ValueError, match='CIFAR and timm ResNet families, not test_convnext'):
         _train_model(['--model', 'test_convnext', '--loss', 'ce', '--cosine-classifier'])
     assert isinstance(_train_model(['--model', 'test_convnext', '--loss', 'ldam']).get_classifier(), nn.Linear)
     with pytest.raises(TypeError, match='use_norm=True'):

@@ -8,6 +8,7 @@ import torch
 
 from rsg_timm.engine import DIVERGED_CE, DivergedError, check_divergence, train_one_epoch
 
+from rsg_timm.recipes import resolve_recipe
 from helpers import load_script
 
 train_script = load_script('train.py')
@@ -15,7 +16,7 @@ train_script = load_script('train.py')
 
 def _resolved(*argv):
     args = train_script._parse_args(list(argv))
-    train_script._resolve_defaults(args)
+    resolve_recipe(args)
     return args
 
 
@@ -40,7 +41,7 @@ def test_warmup_longer_than_the_run_is_scaled():
 
 
 def test_unknown_model_is_one_line_with_close_matches():
-    with pytest.raises(SystemExit, match=r"^error: Unknown model 'resnet5O'; close matches: .*resnet50"):
+    with pytest.raises(ValueError, match=r"^Unknown model 'resnet5O'; close matches: .*resnet50"):
         _resolved('--model', 'resnet5O')
 
 
@@ -72,7 +73,7 @@ def test_ldam_on_a_linear_head_stops_with_the_cause(tiny_demo, tmp_path, caplog)
     assert 'device     cpu x 1' in log and 'linear classifier' in log
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith('epoch 0 '))
     assert line.startswith('epoch 0 (1/2, 0:00:') and 'ETA' in line
-    assert line.index(': ce ') < line.index('cesc') < line.index('total')  # CE first, the auxiliary terms beside
+    assert ': ce 8' in line and 'cesc' not in line and 'generated' not in line  # a plain model: no RSG terms
 
 
 def test_epoch_line_and_checkpoint_list_once(tiny_demo, tmp_path, caplog):
@@ -85,6 +86,9 @@ def test_epoch_line_and_checkpoint_list_once(tiny_demo, tmp_path, caplog):
     assert sum(m.startswith('checkpoints (by top1): ') for m in messages) == 1
     epoch_lines = [m for m in messages if m.startswith('epoch ')]
     assert epoch_lines[0].endswith('[RSG CESC]') and epoch_lines[1].endswith('[RSG generation]')
+    for line in epoch_lines:  # CE first, then RSG's weighted terms that sum with it to the total
+        assert line.index(': ce ') < line.index('(cesc ') < line.index(', mv ') < line.index('; total ')
+        assert 'generated/batch' in line
     assert any('RSG        after stage 2, head classes [0, 1]; CESC only through epoch 0' in m for m in messages)
 
 

@@ -1,15 +1,18 @@
-"""The training step's wiring, on a stub model: what is trained is the criterion plus the model's auxiliary loss."""
+"""The training step's wiring, on stub models: what is trained is the criterion plus every auxiliary term the model
+names, and the engine switches the per-epoch state (model phase, sampler, class weights) itself."""
 import pytest
 import torch
 import torch.nn as nn
 
 from rsg_timm.engine import train_one_epoch
+from rsg_timm.losses import create_loss, create_reweight
 from rsg_timm.models import RSGOutput
 
 
 class _StubRSG(nn.Module):
-    """Answers ``target=`` like an rsg_* model: the batch's logits plus one generated sample, and an auxiliary loss
-    that only ``aux_param`` feeds, so its gradient shows whether the auxiliary loss was trained."""
+    """Answers ``target=`` like an rsg_* model: the batch's logits plus one generated sample, and auxiliary terms
+    that only ``aux_param`` feeds, so its gradient shows whether they were trained. The names are not RSG's: the
+    engine must sum and meter whatever arrives."""
 
     def __init__(self):
         super().__init__()
@@ -21,18 +24,17 @@ class _StubRSG(nn.Module):
         if target is None:
             return logits
         generated = self.fc(2 * x[:1])
-        loss_cesc, loss_mv = self.aux_param ** 2, 3 * self.aux_param
         return RSGOutput(torch.cat([logits, generated]), torch.cat([target, target.new_tensor([2])]),
-                         loss_cesc, loss_mv, 0.1 * loss_cesc + 0.01 * loss_mv)
+                         {'square': 0.1 * self.aux_param ** 2, 'linear': 0.03 * self.aux_param})
 
 
-def test_trained_loss_is_criterion_plus_aux():
+def test_trained_loss_is_criterion_plus_every_aux_term():
     model = _StubRSG()
     x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
     criterion = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 3.0]))
 
     out = model(x, target=y)
-    expected = criterion(out.logits, out.target) + out.aux_loss
+    expected = criterion(out.logits, out.target) + out.aux_losses['square'] + out.aux_losses['linear']
     expected_grads = dict(zip([n for n, _ in model.named_parameters()],
                               torch.autograd.grad(expected, list(model.parameters()))))
 
@@ -44,10 +46,10 @@ def test_trained_loss_is_criterion_plus_aux():
                               log_interval=0)
 
     assert metrics['loss'] == pytest.approx(expected.item(), rel=1e-6)
-    assert metrics['ce'] == pytest.approx((expected - out.aux_loss).item(), rel=1e-6)
-    assert metrics['cesc'] == pytest.approx(out.loss_cesc.item()) and metrics['mv'] == pytest.approx(1.5)
+    assert metrics['ce'] == pytest.approx(criterion(out.logits, out.target).item(), rel=1e-6)
+    assert metrics['square'] == pytest.approx(0.025) and metrics['linear'] == pytest.approx(0.015)
     assert metrics['generated'] == 1
-    assert sorted(seen) == sorted(expected_grads)  # the auxiliary loss reached its parameter
+    assert sorted(seen) == sorted(expected_grads)  # the auxiliary terms reached their parameter
     for name, grad in expected_grads.items():
         torch.testing.assert_close(seen[name], grad, msg=name)
 
@@ -60,4 +62,56 @@ def test_plain_model_trains_the_criterion_alone():
     metrics = train_one_epoch(model, [(x, y)], criterion, torch.optim.SGD(model.parameters(), lr=0.0), epoch=0,
                               device=torch.device('cpu'), log_interval=0)
     assert metrics['loss'] == pytest.approx(expected) == pytest.approx(metrics['ce'])
-    assert metrics['cesc'] == metrics['mv'] == metrics['generated'] == 0
+    assert metrics['generated'] == 0 and set(metrics) == {'loss', 'ce', 'generated', 'top1', 'lr', 'images_per_sec'}
+
+
+class _EpochLoader(list):
+    """A loader without batches (only the switches run) that records the epochs it was switched to."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+
+class _EpochModel(nn.Linear):
+    """A model with phases (an rsg_* model: CESC, then generation) that records the epochs it was switched to."""
+
+    def __init__(self):
+        super().__init__(4, 3)
+        self.epochs = []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+
+def test_engine_switches_the_per_epoch_state():
+    counts = [30, 10, 2]
+    model, loader = _EpochModel(), _EpochLoader()
+    criterion = create_loss('ce', class_counts=counts)
+    reweight = create_reweight('drw', counts, drw_epoch=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    for epoch in range(3):
+        train_one_epoch(model, loader, criterion, optimizer, epoch=epoch, device=torch.device('cpu'),
+                        reweight=reweight)
+        expected = reweight.weight_for_epoch(epoch)
+        assert (criterion.weight is None) == (expected is None), epoch  # DRW: unweighted, then weighted
+        if expected is not None:
+            torch.testing.assert_close(criterion.weight, expected)
+    assert model.epochs == [0, 1, 2] and loader.epochs == [0, 1, 2]
+
+
+def test_per_update_schedule_counts_from_the_epoch():
+    """A resumed epoch steps the per-update schedule from epoch * batches, as a straight run does (timm's rule)."""
+    model, steps = nn.Linear(4, 3), []
+
+    class _Scheduler:
+        def step_update(self, num_updates):
+            steps.append(num_updates)
+
+    batches = [(torch.randn(2, 4), torch.tensor([0, 1]))] * 3
+    train_one_epoch(model, batches, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.0), epoch=4,
+                    device=torch.device('cpu'), lr_scheduler=_Scheduler(), log_interval=0)
+    assert steps == [13, 14, 15]

@@ -17,6 +17,7 @@ from PIL import Image
 from rsg_timm.export import save_pretrained, strip_rsg
 from rsg_timm.models import RSGOutput
 
+from rsg_timm.recipes import resolve_recipe
 from helpers import REPO_DIR, load_script
 from test_models import FAMILY_RSG_MODELS
 
@@ -151,7 +152,7 @@ def test_finetune_recipe_resolves():
     train = load_script('train.py')
     config = os.path.join(REPO_DIR, 'configs', 'folder_lt_finetune_convnext_rsg.yaml')
     args = train._parse_args(['--config', config, '--data-dir', 'DIR'])
-    train._resolve_defaults(args)
+    resolve_recipe(args)
     assert args.model in timm.list_models('rsg_*') and args.pretrained and args.dataset == 'folder_lt'
     assert timm.models.get_pretrained_cfg(args.model).hf_hub_id  # timm weights to start from
     assert args.rsg_epoch_thresh + 1 == args.drs_epoch < args.epochs  # generation and re-sampling start together

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from rsg_timm.checkpoint import load_training_checkpoint
+from rsg_timm.checkpoint import CheckpointError, load_training_checkpoint
 
 from helpers import load_script
 
@@ -63,12 +63,12 @@ def test_fork_without_momentum_differs(tiny_demo, tmp_path):
     assert not torch.equal(forked['fc.weight'], fresh['fc.weight'])
 
 
-@pytest.mark.parametrize('extra,match', [
-    (['--model', 'cifar_resnet32'], 'lacks'),  # another backbone
-    (['--model', 'cifar_resnet20', '--resume', 'x.pth.tar'], 'one of them'),
+@pytest.mark.parametrize('extra,error,match', [
+    (['--model', 'cifar_resnet32'], CheckpointError, 'lacks'),  # another backbone
+    (['--model', 'cifar_resnet20', '--resume', 'x.pth.tar'], ValueError, 'one of them'),
 ])
-def test_fork_refuses_what_cannot_continue(extra, match, tiny_demo, tmp_path):
+def test_fork_refuses_what_cannot_continue(extra, error, match, tiny_demo, tmp_path):
     _run(tiny_demo, tmp_path, 'rsg', '--model', 'rsg_resnet20', '--epochs', '1')
-    with pytest.raises((SystemExit, RuntimeError), match=match):
+    with pytest.raises(error, match=match):
         _run(tiny_demo, tmp_path, 'forked', '--epochs', '2', '--fork', str(tmp_path / 'rsg' / 'last.pth.tar'),
              *extra)

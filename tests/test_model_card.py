@@ -3,8 +3,9 @@ embed the run's figures, and give commands that work; training curves are drawn 
 import pandas as pd
 import pytest
 
-from rsg_timm.metrics import plot_training_curves
-from rsg_timm.model_card import TrainingRun, create_model_card
+from rsg_timm.metrics import _loss_columns, plot_training_curves
+from rsg_timm.model_card import create_model_card
+from rsg_timm.run_folder import TrainingRun
 
 DEMO_COUNTS = [300, 205, 140, 96, 65, 45, 30, 21, 14, 10]  # the demo's exp profile, ρ = 30
 
@@ -41,6 +42,13 @@ def test_research_card_states_intended_use_and_short_schedule(tmp_path):
     assert 'cifar10_lt (ρ = 100, 10 classes)' in card and 'Intended for research on long-tailed' in card
     assert '20 epochs is far shorter' in card and '--dataset cifar10_lt --data-dir DATA' in card
     assert 'A demo' not in card and '## Figures' not in card
+
+
+def test_loss_curves_show_every_auxiliary_term():
+    columns = ['epoch', 'train_loss', 'train_ce', 'train_cesc', 'train_mv', 'train_generated', 'train_top1',
+               'train_lr', 'train_images_per_sec', 'eval_loss', 'eval_top1', 'lr']
+    assert _loss_columns(columns) == ('train_ce', 'train_cesc', 'train_mv', 'eval_loss')
+    assert _loss_columns([c for c in columns if c not in ('train_cesc', 'train_mv')]) == ('train_ce', 'eval_loss')
 
 
 def test_training_curves_png(tmp_path):

@@ -153,14 +153,19 @@ def test_model_features_only(name):
 def test_rsg_train_output(name):
     model = _create(name, num_classes=_NUM_CLASSES).train()
     x, y = _head_tail_batch(model, name)
+    raw = []  # RSG's own (unweighted) losses of each call
+    model.rsg.register_forward_hook(lambda module, inputs, output: raw.append((output[1], output[2])))
     out = model(x, target=y)  # CESC phase: nothing generated
     assert isinstance(out, RSGOutput) and out.logits.shape == (8, _NUM_CLASSES) and torch.equal(out.target, y)
-    torch.testing.assert_close(out.aux_loss, 0.1 * out.loss_cesc + 0.01 * out.loss_mv)
+    assert sorted(out.aux_losses) == ['cesc', 'mv']  # weighted by the defaults rsg_cesc_weight 0.1, rsg_mv_weight 0.01
+    torch.testing.assert_close(out.aux_losses['cesc'], 0.1 * raw[-1][0])
+    assert out.aux_losses['mv'].item() == 0
     model.set_epoch(model.rsg.epoch_thresh + 1)
     out = model(x, target=y)  # generation phase: 2 head + 6 tail samples -> 6 generated tail samples
     assert out.logits.shape == (14, _NUM_CLASSES) and torch.equal(out.target[:8], y)
     assert not model.rsg_head_classes or set(out.target[8:].tolist()).isdisjoint(model.rsg_head_classes)
-    assert out.loss_mv.item() > 0
+    assert raw[-1][1].item() > 0
+    torch.testing.assert_close(out.aux_losses['mv'], 0.01 * raw[-1][1])
 
 
 _CESC_PARAMS = ('linear', 'bias', 'centers', 'contrastive_module.0.weight', 'contrastive_module.2.weight',
@@ -177,7 +182,7 @@ def test_rsg_phase_grads(name):
         model.zero_grad(set_to_none=True)
         model.set_epoch(epoch)
         out = model(x, target=y)
-        (F.cross_entropy(out.logits, out.target) + out.aux_loss).backward()
+        (F.cross_entropy(out.logits, out.target) + sum(out.aux_losses.values())).backward()
         grads = {n: p.grad for n, p in model.rsg.named_parameters()}
         assert all(grads[n] is not None for n in expected), epoch
     assert all(grads[n] is None and p.requires_grad

@@ -15,6 +15,7 @@ from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from torchvision import transforms as T
 
+from rsg_timm.recipes import create_recipe_model, resolve_recipe
 from helpers import REPO_DIR, load_script
 from rsg_timm.checkpoint import create_eval_model, load_training_checkpoint
 from rsg_timm.data import create_lt_dataset, create_sampler, sampler_kwargs
@@ -42,7 +43,7 @@ COUNTS = [50, 30, 20, 12, 8, 5, 3, 2, 2, 1]
 
 def _args(config: str):
     args = train._parse_args(['--config', os.path.join(REPO_DIR, 'configs', config)])
-    train._resolve_defaults(args)
+    resolve_recipe(args)
     return args
 
 
@@ -51,7 +52,7 @@ def recipe(request):
     """(config name, resolved args, the model train.py builds, official values); offline, so no weights download."""
     args = _args(request.param)
     args.pretrained = False
-    model = train._create_model(args, len(COUNTS), COUNTS)
+    model = create_recipe_model(args, len(COUNTS), COUNTS)
     return request.param, args, model, OFFICIAL[request.param]
 
 
@@ -166,9 +167,9 @@ def test_without_drs_shuffle_the_deferred_sampler_draws_with_replacement():
 
 def test_official_init_is_refused_for_the_cifar_resnets():
     args = train._parse_args(['--model', 'rsg_resnet32', '--official-init'])
-    train._resolve_defaults(args)
-    with pytest.raises(SystemExit, match='official-init is for the timm ResNet family'):
-        train._create_model(args, len(COUNTS), COUNTS)
+    resolve_recipe(args)
+    with pytest.raises(ValueError, match='official-init is for the timm ResNet family'):
+        create_recipe_model(args, len(COUNTS), COUNTS)
     with pytest.raises(ValueError, match="rsg_init='rsg'"):
         timm.create_model('rsg_resnet32', rsg_init='backbone')
 
@@ -224,8 +225,8 @@ def test_select_on_val_exports_the_best_val_epoch_and_reports_its_test_numbers(t
 
 
 def test_select_on_val_needs_a_val_split_apart_from_the_test_split():
-    with pytest.raises(SystemExit, match='--select-on val picks the epoch on --val-split'):
-        train._resolve_defaults(train._parse_args(['--select-on', 'val']))
+    with pytest.raises(ValueError, match='--select-on val picks the epoch on --val-split'):
+        resolve_recipe(train._parse_args(['--select-on', 'val']))
 
 
 # ------------------------------------------------------------------------------------- smoke runs of the configs

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from rsg_timm.recipes import create_lr_scheduler, create_recipe_model, resolve_recipe
 from helpers import REPO_DIR, load_script
 from rsg_timm.losses import create_reweight
 
@@ -49,14 +50,14 @@ def _family(config: str) -> str:
 
 def _resolved(config: str):
     args = train._parse_args(['--config', config])
-    train._resolve_defaults(args)
+    resolve_recipe(args)
     return args
 
 
 def _lr_per_epoch(args, start_epoch: int = 0, updates_per_epoch: int = 7) -> list:
     """The rate each epoch trains at, stepping the scheduler exactly as train.py's loop (and its resume) does."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr, momentum=args.momentum)
-    scheduler, num_epochs = train.create_lr_scheduler(args, optimizer, updates_per_epoch)
+    scheduler, num_epochs = create_lr_scheduler(args, optimizer, updates_per_epoch)
     if start_epoch:
         scheduler.step(start_epoch)
     rates = []
@@ -107,7 +108,7 @@ def test_drw_switches_from_uniform_to_class_balanced_at_epoch_160():
 
 def test_rsg_model_first_generates_at_epoch_160():
     args = _resolved(os.path.join(REPO_DIR, 'configs', 'cifar10_lt_r100_ldam_drw_rsg.yaml'))
-    model = train._create_model(args, 10, CIFAR10_LT_R100).train()
+    model = create_recipe_model(args, 10, CIFAR10_LT_R100).train()
     images, target = torch.randn(16, 3, 32, 32), torch.arange(16) % 10  # head (0, 1) and tail classes
     model.set_epoch(159)
     assert model(images, target=target).logits.shape[0] == 16
@@ -122,6 +123,6 @@ def test_resumed_schedule_continues_the_straight_one():
 
 def test_default_scaling_is_the_official_schedule_at_200_epochs():
     args = train._parse_args(['--epochs', '200'])
-    train._resolve_defaults(args)
+    resolve_recipe(args)
     assert (args.decay_milestones, args.drw_epoch, args.rsg_epoch_thresh) == ([160, 180], 160, 159)
     assert _lr_per_epoch(args) == pytest.approx([OFFICIAL['cifar'][2](e) for e in range(200)])

@@ -55,11 +55,11 @@ def test_cosine_model_without_a_recorded_loss_is_refused(demo_run, tmp_path):
     bare = tmp_path / 'bare.pth'  # a state_dict alone records neither the loss nor the dataset
     torch.save(load_training_checkpoint(str(demo_run / 'last.pth.tar'))['state_dict'], bare)
     common = ['--model', 'cifar_resnet20', '--checkpoint', str(bare), '--model-kwargs', 'use_norm=True']
-    with pytest.raises(SystemExit, match='does not record the dataset.*pass --dataset'):
+    with pytest.raises(ValueError, match='does not record the dataset.*pass --dataset'):
         validate_script.main(common)
     data = ['--dataset', 'demo', '--data-dir', str(load_training_checkpoint(str(demo_run / 'last.pth.tar'))['args']
                                                     .data_dir)]
-    with pytest.raises(SystemExit, match='cosine classifier.*--logit-scale'):
+    with pytest.raises(ValueError, match='cosine classifier.*--logit-scale'):
         validate_script.main([*common, *data, '--logit-adjust', '1.0'])
     assert validate_script.main([*common, *data, '--logit-adjust', '1.0', '--logit-scale', '30'])['logit_scale'] == 30
 

@@ -19,54 +19,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerType, create_classifier, get_act_layer, get_device_dtype, get_norm_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._helpers import clean_state_dict
-from timm.models._manipulate import checkpoint_seq
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices  # not exported by timm 1.0.31
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
 from .pretrained import resolve_zoo_tag
+from .state_dict import check_state_dict_fits, unwrap_checkpoint
 
 __all__ = ['CifarResNet', 'BasicBlock', 'NormedLinear', 'checkpoint_filter_fn']
-
-
-def _unwrap_checkpoint(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
-    """Unwrap a training checkpoint and bring RSG keys into our layout, for any backbone family.
-
-    Strips DDP / ``torch.compile`` prefixes, maps the official ``RSG.*`` keys to ``rsg.*``, and drops RSG keys
-    (either spelling) when ``model`` has no RSG module, so a trained RSG checkpoint also loads into the bare backbone.
-    """
-    for key in ('state_dict', 'model'):  # official RSG / timm training checkpoints
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-    has_rsg = hasattr(model, 'rsg')
-    out = {}
-    for k, v in clean_state_dict(state_dict).items():
-        if k.startswith(('RSG.', 'rsg.')):
-            if not has_rsg:
-                continue
-            k = 'rsg.' + k[4:]
-        out[k] = v
-    return out
-
-
-def _check_checkpoint_keys(state_dict: Dict[str, Any], model: nn.Module) -> None:
-    """Fail early, with a message naming the fix, when a checkpoint belongs to another architecture.
-
-    Only backbone keys are compared: an RSG model fills missing ``rsg.*`` keys from its fresh RSG, and strict
-    loading checks those it gets.
-    """
-    def backbone_keys(keys):
-        return {k for k in keys if not k.endswith('num_batches_tracked') and not k.startswith('rsg.')}
-    model_keys, ckpt_keys = backbone_keys(model.state_dict()), backbone_keys(state_dict)
-    missing, unexpected = sorted(model_keys - ckpt_keys), sorted(ckpt_keys - model_keys)
-    if missing or unexpected:
-        arch = getattr(model, 'pretrained_cfg', {}).get('architecture') or type(model).__name__
-        raise RuntimeError(
-            f'Checkpoint does not match {arch}: {len(missing)} missing keys (e.g. {missing[:3]}), '
-            f'{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). It was probably saved from another '
-            f'architecture; create the model it was trained with (see its config.json "architecture" or the '
-            f'training args) instead.'
-        )
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -76,7 +36,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     stores its weight ``[in_features, num_classes]`` (transposed to our ``nn.Linear`` layout); it is recognised by
     having no bias.
     """
-    state_dict = _unwrap_checkpoint(state_dict, model)
+    state_dict = unwrap_checkpoint(state_dict, model)
     out = {}
     for k, v in state_dict.items():
         if k.startswith('linear.'):
@@ -84,7 +44,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
                 v = v.t()
             k = 'fc.' + k[len('linear.'):]
         out[k] = v
-    _check_checkpoint_keys(out, model)
+    check_state_dict_fits(out, model, 'the checkpoint', pretrained_filter=True)
     return out
 
 

@@ -28,11 +28,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from timm.models import PretrainedCfg, get_pretrained_cfg, model_entrypoint
+
+from ..atomic import atomic_write
 
 __all__ = ['PRETRAINED_DIR', 'load_pretrained_tags', 'resolve_zoo_tag', 'add_pretrained']
 
@@ -120,7 +121,7 @@ def _run_notes(run_dir: Path) -> List[str]:
     """The run's last-epoch accuracy (with the best test epoch, labelled) and its training command, if it is a run."""
     if not (run_dir / 'args.yaml').is_file():
         return []
-    from ..model_card import read_run  # here, not at the top: reading a run needs pandas, model code must not
+    from ..run_folder import read_run  # here, not at the top: reading a run needs pandas, model code must not
     run = read_run(run_dir)
     notes = [f'trained with: python train.py --config {run_dir / "args.yaml"}']
     last, best = run.last, run.best
@@ -129,13 +130,6 @@ def _run_notes(run_dir: Path) -> List[str]:
         notes.insert(0, f'top-1 {last["eval_top1"]:.2f} (last epoch {int(last["epoch"])}; {shots}); best-on-test '
                         f'{best["eval_top1"]:.2f} at epoch {int(best["epoch"])}')
     return notes
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    with tempfile.NamedTemporaryFile(dir=dst.parent, prefix=f'.{dst.name}.', delete=False) as tmp:
-        with open(src, 'rb') as f:
-            shutil.copyfileobj(f, tmp)
-    os.replace(tmp.name, dst)
 
 
 def add_pretrained(
@@ -191,19 +185,19 @@ def add_pretrained(
     if config.get('class_counts'):
         entry['class_counts'] = config['class_counts']
     if (run_dir / 'args.yaml').is_file():
-        from ..model_card import read_run  # here, not at the top: reading a run needs pandas, model code must not
+        from ..run_folder import read_run  # here, not at the top: reading a run needs pandas, model code must not
         run_args = read_run(run_dir).args
         entry['train_args'] = {k: run_args[k] for k in _TRAIN_ARG_KEYS if k in run_args}
     entry['notes'] = [*_run_notes(run_dir), *notes]
     entry = {k: v for k, v in entry.items() if v is not None}
 
     pretrained_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_copy(weights_path, pretrained_dir / f'{name}.safetensors')
+    with atomic_write(pretrained_dir / f'{name}.safetensors', 'wb') as dst, open(weights_path, 'rb') as src:
+        shutil.copyfileobj(src, dst)
     tags[name] = entry
     tags_path = pretrained_dir / _TAGS_FILE
-    with tempfile.NamedTemporaryFile('w', dir=pretrained_dir, prefix=f'.{_TAGS_FILE}.', delete=False) as f:
+    with atomic_write(tags_path) as f:
         json.dump(dict(sorted(tags.items())), f, indent=2)
         f.write('\n')
-    os.replace(f.name, tags_path)
     _logger.info(f'Added {name} to {tags_path}')
     return name, entry

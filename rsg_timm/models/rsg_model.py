@@ -35,9 +35,8 @@ import timm
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, model_entrypoint, \
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, get_pretrained_cfg, model_entrypoint, \
     register_model
-from timm.models._manipulate import checkpoint_seq
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn as _convnext_filter_fn
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
@@ -47,7 +46,9 @@ from timm.models.resnetv2 import ResNetV2
 from timm.utils import unwrap_model
 
 from ..rsg import RSG
-from .cifar_resnet import CifarResNet, NormedLinear, _check_checkpoint_keys, _unwrap_checkpoint, checkpoint_filter_fn
+from ..constants import RSG_KEY_PREFIX
+from .cifar_resnet import CifarResNet, NormedLinear, checkpoint_filter_fn
+from .state_dict import check_state_dict_fits, unwrap_checkpoint
 
 __all__ = [
     'RSGOutput', 'RSGMixin', 'RSGResNet', 'RSGCifarResNet', 'RSGConvNeXt', 'RSGRegNet', 'RSGEfficientNet',
@@ -61,9 +62,9 @@ class RSGOutput(NamedTuple):
     """What an RSG model returns when called with labels in train mode."""
     logits: torch.Tensor  # [B + G, num_classes]: the batch, then the G generated samples
     target: torch.Tensor  # [B + G]: the labels, then the generated samples' labels
-    loss_cesc: torch.Tensor
-    loss_mv: torch.Tensor
-    aux_loss: torch.Tensor  # rsg_cesc_weight * loss_cesc + rsg_mv_weight * loss_mv; add it to the classifier loss
+    # the weighted terms to add to the classifier's loss: 'cesc' (rsg_cesc_weight * CESC loss) and 'mv'
+    # (rsg_mv_weight * MV loss, zero before generation starts)
+    aux_losses: Dict[str, torch.Tensor]
 
 
 class RSGMixin:
@@ -108,8 +109,8 @@ class RSGMixin:
             rsg_contrastive_dim: width of the contrastive module.
             rsg_strength: transfer strength.
             rsg_head_ratio: share of classes (the most frequent ones) treated as head classes.
-            rsg_cesc_weight: weight of the CESC loss in ``aux_loss``.
-            rsg_mv_weight: weight of the MV loss in ``aux_loss``.
+            rsg_cesc_weight: weight of the CESC loss in ``aux_losses['cesc']``.
+            rsg_mv_weight: weight of the MV loss in ``aux_losses['mv']``.
             rsg_init: ``'rsg'`` keeps RSG's own init (the official CIFAR models); ``'backbone'`` re-initialises
                 RSG's convolutions (kaiming, fan_out) and ``contrastive_fc`` (kaiming, fan_in) as the official
                 ImageNet-family ResNet's init loop does, since RSG is built inside it (timm ResNets only).
@@ -256,8 +257,8 @@ class RSGMixin:
             stage = self.get_submodule(name)
             x = checkpoint_seq(stage, x) if checkpoint else stage(x)
         logits = self.forward_head(self._rsg_forward_neck(x))
-        aux_loss = self.rsg_cesc_weight * loss_cesc + self.rsg_mv_weight * loss_mv
-        return RSGOutput(logits, target, loss_cesc, loss_mv, aux_loss)
+        aux_losses = {'cesc': self.rsg_cesc_weight * loss_cesc, 'mv': self.rsg_mv_weight * loss_mv}
+        return RSGOutput(logits, target, aux_losses)
 
     def forward(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> Union[torch.Tensor, RSGOutput]:
         """Logits ``[B, num_classes]`` in eval mode or without labels; an :class:`RSGOutput` when training with them.
@@ -338,8 +339,8 @@ class RSGResNetV2(RSGMixin, ResNetV2):
 
 def _resnet_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """timm ResNet weights, or official RSG ImageNet checkpoints (same names, plus ``module.`` / ``RSG.``)."""
-    state_dict = _unwrap_checkpoint(state_dict, model)
-    _check_checkpoint_keys(state_dict, model)
+    state_dict = unwrap_checkpoint(state_dict, model)
+    check_state_dict_fits(state_dict, model, 'the checkpoint', pretrained_filter=True)
     return state_dict
 
 
@@ -351,7 +352,7 @@ def _rsg_filter_fn(
     """The backbone's filter, then fresh RSG values for a backbone-only checkpoint (strict loading checks the rest)."""
     state_dict = backbone_filter_fn(state_dict, model) if backbone_filter_fn is not None else state_dict
     for k, v in model.state_dict().items():
-        if k.startswith('rsg.'):
+        if k.startswith(RSG_KEY_PREFIX):
             state_dict.setdefault(k, v)
     return state_dict
 

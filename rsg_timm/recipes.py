@@ -1,0 +1,117 @@
+"""The long-tail recipe rules: the flags a run leaves unset, resolved the way the RSG and LDAM-DRW papers train, and
+the model and learning-rate schedule that the resolved flags describe.
+
+``train.py`` parses flags; this module decides what they mean, so that ``benchmarks/reproduce.py`` and the tests
+apply the same rules. The epoch milestones are those of the official RSG CIFAR-LT code, as shares of its 200
+epochs: the learning rate x0.01 from 0-based epoch 159 and x1e-4 from 179, DRW from 160, RSG's generation after
+159. timm's multistep scheduler applies milestone ``m`` from epoch ``m - 1``, hence the milestones 160 / 180.
+
+Hacked together for rsg_timm; Apache-2.0.
+"""
+import argparse
+import difflib
+import logging
+from typing import Any, Dict, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+
+from .models import backbone_arch, is_rsg_model, set_cosine_classifier, supports_cosine_classifier
+
+__all__ = ['RSG_FLAGS', 'LATE_PHASE', 'LAST_DECAY', 'scaled_schedule', 'resolve_recipe', 'create_recipe_model',
+           'create_lr_scheduler']
+
+_logger = logging.getLogger(__name__)
+
+# The flags of an rsg_* model's RSG module (they go to timm.create_model as its kwargs).
+RSG_FLAGS = ('rsg_stage', 'rsg_n_center', 'rsg_contrastive_dim', 'rsg_strength', 'rsg_epoch_thresh',
+             'rsg_head_ratio', 'rsg_cesc_weight', 'rsg_mv_weight')
+# Where the late phase starts (LR decay, DRW, deferred re-sampling, RSG's generation) and the last LR decay, as
+# shares of the run.
+LATE_PHASE, LAST_DECAY = 0.8, 0.9
+
+
+def scaled_schedule(epochs: int) -> Dict[str, Any]:
+    """The RSG CIFAR recipe's epoch milestones scaled to ``epochs``: ``decay_milestones`` (timm's convention),
+    ``drw_epoch`` and ``drs_epoch`` (the first late epoch), ``rsg_epoch_thresh`` (the last epoch before it)."""
+    late = int(LATE_PHASE * epochs)
+    return dict(decay_milestones=[late, int(LAST_DECAY * epochs)], drw_epoch=late, drs_epoch=late,
+                rsg_epoch_thresh=max(late - 1, 0))
+
+
+def resolve_recipe(args: argparse.Namespace) -> None:
+    """Fill the flags left unset: the loss by head (LDAM + DRW where the cosine classifier is used, CE otherwise),
+    the RSG CIFAR recipe's epoch milestones (LR decay from 159/179, DRW from 160, generation after 159 of 200)
+    scaled to ``--epochs``, a warm-up that fits the run; and check the model name and the RSG flags."""
+    if not timm.is_model(args.model):
+        close = difflib.get_close_matches(args.model, timm.list_models(), n=5, cutoff=0.6)
+        hint = f'close matches: {", ".join(close)}' if close else "timm.list_models('*name*') lists them"
+        raise ValueError(f'Unknown model {args.model!r}; {hint}')
+    # LDAM multiplies the logits by s = 30, meant for a cosine head's [-1, 1]; on a linear head it diverges
+    if args.cosine_classifier is None:
+        args.cosine_classifier = supports_cosine_classifier(args.model) and (
+            args.loss == 'ldam' or (args.loss is None and backbone_arch(args.model).startswith('cifar_resnet')))
+    if args.loss is None:
+        args.loss = 'ldam' if args.cosine_classifier else 'ce'
+    if args.reweight is None:
+        args.reweight = 'drw' if args.loss == 'ldam' else 'none'
+    if args.loss == 'ldam' and not args.cosine_classifier:
+        _logger.warning(f'--loss ldam on the linear head of {args.model}: LDAM scales the logits by s '
+                        f'(--ldam-s, 30 by default) for a cosine classifier and tends to diverge on a linear one')
+    if args.warmup_epochs >= args.epochs > 0:
+        _logger.warning(f'--warmup-epochs {args.warmup_epochs} would ramp the whole {args.epochs}-epoch run; '
+                        f'using {args.epochs // 5}')
+        args.warmup_epochs = args.epochs // 5
+    is_rsg = is_rsg_model(args.model)
+    for name, value in scaled_schedule(args.epochs).items():
+        if getattr(args, name) is None and (is_rsg or name != 'rsg_epoch_thresh'):
+            setattr(args, name, value)
+    if args.select_on == 'val' and args.val_split == args.test_split:
+        raise ValueError(f'--select-on val picks the epoch on --val-split and tests it on --test-split, but both are '
+                         f'{args.val_split!r}: pass --val-split val (a split apart from the test split)')
+    given = [f'--{k.replace("_", "-")}' for k in RSG_FLAGS if getattr(args, k) is not None]
+    if given and not is_rsg:
+        raise ValueError(f'{", ".join(given)} need an rsg_* model; --model {args.model} has no RSG')
+
+
+def create_recipe_model(args: argparse.Namespace, num_classes: int, class_counts: Sequence[int]) -> nn.Module:
+    """The model of resolved flags: timm's ``create_model`` plus the cosine head, RSG's class counts, grad
+    checkpointing and ``torch.compile`` of the backbone stages."""
+    kwargs = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
+    kwargs.update({k: getattr(args, k) for k in RSG_FLAGS if getattr(args, k) is not None})
+    cifar_family = backbone_arch(args.model).startswith('cifar_resnet')
+    has_cosine = supports_cosine_classifier(args.model)
+    cosine = args.cosine_classifier  # resolved by resolve_recipe
+    if cosine and not has_cosine:
+        raise ValueError(f'--cosine-classifier is available for the CIFAR and timm ResNet families, not {args.model}')
+    if cosine and cifar_family:
+        kwargs['use_norm'] = True
+    if getattr(args, 'official_init', False):  # absent from the args of checkpoints older than the flag (--fork)
+        if cifar_family or not has_cosine:
+            raise ValueError(f'--official-init is for the timm ResNet family (the CIFAR ResNets already follow the '
+                             f'official init), not {args.model}')
+        kwargs['zero_init_last'] = False
+        if is_rsg_model(args.model):
+            kwargs['rsg_init'] = 'backbone'
+    kwargs = {k: v for k, v in dict(kwargs, **args.model_kwargs).items() if v is not None}
+    model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    if cosine and not cifar_family:  # timm's entrypoints take no cosine option: swap the built head
+        set_cosine_classifier(model)
+    if is_rsg_model(model):
+        model.set_class_counts(class_counts)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if args.torchcompile:
+        # in place (Module.compile), so state_dict keys stay the backbone's; dynamic: generated samples change B
+        for info in model.feature_info[1:]:
+            model.get_submodule(info['module']).compile(backend=args.torchcompile, dynamic=True)
+    return model
+
+
+def create_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer,
+                        updates_per_epoch: int) -> Tuple[Any, int]:
+    """timm's scheduler for the resolved flags; returns ``(scheduler, num_epochs)``. Epoch ``e`` trains at the rate
+    set by ``scheduler.step(e)`` (``step(0)`` is the scheduler's initial state)."""
+    return create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=updates_per_epoch)

@@ -1,0 +1,123 @@
+"""A train.py run folder: choosing and creating it (never two runs in one folder), trimming its ``summary.csv`` when
+a run resumes, and reading it back for model cards and result tables.
+
+A run folder holds ``args.yaml`` (the resolved flags), ``summary.csv`` (one row per finished epoch), the training
+checkpoints (``last.pth.tar``, ``checkpoint-<epoch>.pth.tar``, ``model_best.pth.tar``), and once the run ends the
+export (``model.safetensors``, ``config.json``), ``per_class.csv`` and the figures.
+
+Hacked together for rsg_timm; Apache-2.0.
+"""
+import argparse
+import csv
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import pandas as pd
+import yaml
+
+from .atomic import atomic_write
+
+__all__ = ['TrainingRun', 'read_run', 'new_run_dir', 'create_run_dir', 'truncate_summary']
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    """What a train.py run folder records; ``summary`` / ``per_class`` are None when the run has not written them.
+
+    Args:
+        run_dir: the run folder.
+        args: the resolved training arguments (``args.yaml``).
+        summary: one row per finished epoch (``summary.csv``).
+        per_class: the last epoch's per-class accuracy (``per_class.csv``).
+    """
+    run_dir: Path
+    args: Dict[str, Any]
+    summary: Optional[pd.DataFrame]
+    per_class: Optional[pd.DataFrame]
+
+    @property
+    def last(self) -> Optional[pd.Series]:
+        """The last finished epoch's row."""
+        return None if self.summary is None or self.summary.empty else self.summary.iloc[-1]
+
+    @property
+    def best(self) -> Optional[pd.Series]:
+        """The row of the best epoch by the run's ``--eval-metric``, chosen on the evaluated (test) split as the
+        checkpoint saver did (first of equals)."""
+        if self.last is None:
+            return None
+        metric = self.summary[f'eval_{self.args.get("eval_metric", "top1")}']
+        return self.summary.loc[metric.idxmin() if self.args.get('eval_metric') == 'loss' else metric.idxmax()]
+
+
+def read_run(run_dir: Any) -> TrainingRun:
+    """Read a run folder written by train.py.
+
+    Raises:
+        FileNotFoundError: the folder is missing or has no ``args.yaml`` (so it is not a train.py run).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f'run folder {str(run_dir)!r} does not exist; pass output/train/<experiment> as '
+                                f'written by train.py')
+    if not (run_dir / 'args.yaml').is_file():
+        raise FileNotFoundError(f'{str(run_dir)!r} is not a train.py run folder: it has no args.yaml (a run holds '
+                                f'args.yaml, summary.csv, last.pth.tar and its model.safetensors + config.json)')
+    args = yaml.safe_load((run_dir / 'args.yaml').read_text()) or {}
+    tables = {name: pd.read_csv(run_dir / f'{name}.csv') if (run_dir / f'{name}.csv').is_file() else None
+              for name in ('summary', 'per_class')}
+    return TrainingRun(run_dir, args, **tables)
+
+
+def new_run_dir(args: argparse.Namespace) -> str:
+    """The run folder; refuses, before any work, a named folder that exists and is not the one being resumed."""
+    root = args.output or os.path.join('output', 'train')
+    if args.resume:
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        named = os.path.join(root, args.experiment or os.path.basename(run_dir))
+        if (args.output or args.experiment) and os.path.realpath(named) != os.path.realpath(run_dir):
+            raise ValueError(f'--resume continues the run in its own folder {run_dir}, but --output/--experiment '
+                             f'name {named}: drop them (--fork starts a new run from a checkpoint)')
+        return run_dir
+    if args.experiment:
+        run_dir = os.path.join(root, args.experiment)
+        if os.path.exists(run_dir):
+            raise ValueError(f'run folder {run_dir} already exists and holds another run\'s results: choose another '
+                             f'--experiment, or continue that run with --resume {run_dir}')
+        return run_dir
+    name = f'{time.strftime("%Y%m%d-%H%M%S")}-{args.model}-{args.dataset}'.replace('/', '_').replace(':', '_')
+    return os.path.join(root, name)
+
+
+def create_run_dir(run_dir: str, args: argparse.Namespace) -> str:
+    """Create the run folder atomically, so that no two runs share it; a default name gets a free ``-<n>`` suffix."""
+    if args.resume:
+        return run_dir
+    os.makedirs(os.path.dirname(run_dir) or '.', exist_ok=True)
+    for n in range(1000):
+        candidate = run_dir if n == 0 else f'{run_dir}-{n}'
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            if args.experiment:  # created by another run since new_run_dir checked it
+                raise ValueError(f'run folder {run_dir} was just created by another run: choose another '
+                                 f'--experiment') from None
+    raise ValueError(f'no free run folder name {run_dir}-<n>; pass --experiment')
+
+
+def truncate_summary(path: str, start_epoch: int) -> None:
+    """Drop ``summary.csv`` rows from ``start_epoch`` on: a kill after the summary line but before its checkpoint, or
+    a resume from an earlier checkpoint, would otherwise leave those epochs twice."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline='') as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if int(r['epoch']) < start_epoch]
+    with atomic_write(path, newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
