@@ -39,7 +39,8 @@ from torch.utils._pytree import tree_flatten
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.cli import run_cli
 from rsg_timm.data.imbalance import long_tail_counts
-from rsg_timm.data.transforms import CifarBatchTransform, TensorBatchLoader
+from rsg_timm.data.loader import TensorBatchLoader
+from rsg_timm.data.transforms import CifarBatchTransform
 from rsg_timm.engine import autocast_context, train_one_epoch
 from rsg_timm.models import backbone_arch
 from rsg_timm.rsg import RSG

@@ -3,13 +3,13 @@ from .cifar_lt import ArrayLTDataset, CifarLT
 from .demo import DemoLT
 from .factory import create_lt_dataset, default_imb_type, list_lt_datasets
 from .imbalance import long_tail_counts, select_long_tail
-from .loader import ShardSampler, create_lt_loader
+from .loader import TensorBatchLoader, create_lt_loader
 from .list_lt import FileLTDataset, create_folder_lt, create_list_lt, read_list_file
 from .samplers import (
-    ClassBalancedSampler, InstanceSampler, LTSampler, ProgressiveSampler, SqrtSampler, create_sampler,
+    ClassBalancedSampler, InstanceSampler, LTSampler, ProgressiveSampler, ShardSampler, SqrtSampler, create_sampler,
     list_samplers, register_sampler, sampler_kwargs,
 )
-from .transforms import CifarBatchTransform, TensorBatchLoader, build_transform, default_mean_std
+from .transforms import CifarBatchTransform, build_transform, default_mean_std
 
 __all__ = [
     'ArrayLTDataset', 'CifarLT', 'DemoLT', 'FileLTDataset',

@@ -4,29 +4,94 @@ In-memory datasets (CIFAR-LT, the demo) are batched and augmented as whole tenso
 (``TensorBatchLoader``); file-based ones go through a regular ``DataLoader`` with per-image transforms. Both
 expose ``__len__`` and ``set_epoch`` so the engine treats them the same.
 """
-from typing import Dict, Iterable, Optional, Union
+import math
+from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .cifar_lt import ArrayLTDataset
-from .samplers import LTSampler
-from .transforms import CifarBatchTransform, TensorBatchLoader, build_transform, default_mean_std
+from .samplers import LTSampler, ShardSampler
+from .transforms import CifarBatchTransform, build_transform, default_mean_std, to_nchw
 
-__all__ = ['create_lt_loader', 'ShardSampler']
+__all__ = ['create_lt_loader', 'TensorBatchLoader']
 
 
-class ShardSampler:
-    """Rank ``rank``'s share ``rank, rank + R, ...`` of a dataset, unpadded: for evaluation across ranks."""
+class TensorBatchLoader:
+    """Batches from an in-memory uint8 image tensor, augmented on ``device``, without worker processes.
 
-    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0):
-        self.indices = range(rank, length, num_replicas)
+    The images go to the device once; each batch is an index gather plus ``augment``. Augmentation draws come from
+    a generator reseeded with ``seed + epoch`` in ``set_epoch`` (which also reaches the sampler), so a resumed run
+    sees the same batches.
 
-    def __iter__(self):
-        return iter(self.indices)
+    Args:
+        images: uint8 [N, H, W, C] or [N, C, H, W].
+        labels: [N] class indices.
+        batch_size: images per batch.
+        sampler: iterable of dataset indices with ``len`` (an ``LTSampler``); sequential order when ``None``.
+        augment: callable (uint8 batch [B, C, H, W], generator) -> float batch; ``x / 255`` when ``None``.
+        device: where batches are built and returned.
+        drop_last: drop the final short batch.
+        channels_last: return batches in ``torch.channels_last`` memory format.
+        seed: base seed of the augmentation generator.
+    """
+
+    def __init__(
+            self,
+            images: Union[torch.Tensor, np.ndarray],
+            labels: Union[Sequence[int], np.ndarray, torch.Tensor],
+            batch_size: int,
+            sampler: Optional[Iterable[int]] = None,
+            augment: Optional[Callable[..., torch.Tensor]] = None,
+            device: Union[str, torch.device] = 'cpu',
+            drop_last: bool = False,
+            channels_last: bool = False,
+            seed: int = 0,
+    ):
+        if batch_size < 1:
+            raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+        self.device = torch.device(device)
+        self.images = to_nchw(images).contiguous().to(self.device)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(self.device)
+        if len(self.images) != len(self.labels):
+            raise ValueError(f'{len(self.images)} images but {len(self.labels)} labels.')
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.augment = augment
+        self.drop_last = drop_last
+        self.channels_last = channels_last
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch: reseeds the augmentation and forwards to the sampler when it is epoch-aware."""
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, 'set_epoch'):
+            self.sampler.set_epoch(epoch)
+
+    def _num_indices(self) -> int:
+        return len(self.sampler) if self.sampler is not None else len(self.labels)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        n = self._num_indices()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        if self.sampler is not None:
+            order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        else:
+            order = torch.arange(len(self.labels))
+        order = order.to(self.device)
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self.images[idx]
+            x = self.augment(x, generator) if self.augment is not None else x.float().div_(255.0)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]
 
 
 class _EpochDataLoader(DataLoader):

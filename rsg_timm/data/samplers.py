@@ -22,7 +22,7 @@ from ..registry import Registry
 
 __all__ = [
     'LTSampler', 'InstanceSampler', 'ClassBalancedSampler', 'SqrtSampler', 'ProgressiveSampler', 'DeferredSampler',
-    'register_sampler', 'list_samplers', 'create_sampler', 'sampler_kwargs',
+    'ShardSampler', 'register_sampler', 'list_samplers', 'create_sampler', 'sampler_kwargs',
 ]
 
 _SAMPLERS = Registry('sampler')
@@ -211,6 +211,19 @@ class DeferredSampler(_ClassPowerSampler):
         mass = torch.zeros_like(counts)
         mass[seen] = counts[seen] * effective_number_weights(counts[seen], self.beta).double()
         return mass / mass.sum()
+
+
+class ShardSampler:
+    """Rank ``rank``'s share ``rank, rank + R, ...`` of a dataset, unpadded: for evaluation across ranks."""
+
+    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0):
+        self.indices = range(rank, length, num_replicas)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def create_sampler(

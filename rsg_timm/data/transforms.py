@@ -1,12 +1,11 @@
-"""Transforms: the CIFAR recipe applied to whole uint8 batches on any device, a worker-free in-memory loader, and
-the per-image (PIL) transforms for a regular DataLoader.
+"""Transforms: the CIFAR recipe applied to whole uint8 batches on any device, and the per-image (PIL) transforms for
+a regular DataLoader.
 
 The CIFAR train recipe (LDAM-DRW / RSG) is: 4-pixel zero padding + random 32x32 crop, horizontal flip with p = 0.5,
 then normalisation. Done per image in PIL it dominates a 2-core CPU run of a ResNet-32, so for in-memory 32 px data
 the crop is one gather with per-sample offsets and the whole epoch never leaves tensors.
 """
-import math
-from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from torchvision import transforms as T
 from ..constants import CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = [
-    'CifarBatchTransform', 'TensorBatchLoader', 'to_nchw', 'default_mean_std', 'build_transform',
+    'CifarBatchTransform', 'to_nchw', 'default_mean_std', 'build_transform',
     'IN_MEMORY_DATASETS',
 ]
 
@@ -98,82 +97,6 @@ class CifarBatchTransform:
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         return torch.addcmul(-mean / std, x.float(), 1.0 / (255.0 * std))
-
-
-class TensorBatchLoader:
-    """Batches from an in-memory uint8 image tensor, augmented on ``device``, without worker processes.
-
-    The images go to the device once; each batch is an index gather plus ``augment``. Augmentation draws come from
-    a generator reseeded with ``seed + epoch`` in ``set_epoch`` (which also reaches the sampler), so a resumed run
-    sees the same batches.
-
-    Args:
-        images: uint8 [N, H, W, C] or [N, C, H, W].
-        labels: [N] class indices.
-        batch_size: images per batch.
-        sampler: iterable of dataset indices with ``len`` (an ``LTSampler``); sequential order when ``None``.
-        augment: callable (uint8 batch [B, C, H, W], generator) -> float batch; ``x / 255`` when ``None``.
-        device: where batches are built and returned.
-        drop_last: drop the final short batch.
-        channels_last: return batches in ``torch.channels_last`` memory format.
-        seed: base seed of the augmentation generator.
-    """
-
-    def __init__(
-            self,
-            images: Union[torch.Tensor, np.ndarray],
-            labels: Union[Sequence[int], np.ndarray, torch.Tensor],
-            batch_size: int,
-            sampler: Optional[Iterable[int]] = None,
-            augment: Optional[Callable[..., torch.Tensor]] = None,
-            device: Union[str, torch.device] = 'cpu',
-            drop_last: bool = False,
-            channels_last: bool = False,
-            seed: int = 0,
-    ):
-        if batch_size < 1:
-            raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
-        self.device = torch.device(device)
-        self.images = to_nchw(images).contiguous().to(self.device)
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(self.device)
-        if len(self.images) != len(self.labels):
-            raise ValueError(f'{len(self.images)} images but {len(self.labels)} labels.')
-        self.batch_size = batch_size
-        self.sampler = sampler
-        self.augment = augment
-        self.drop_last = drop_last
-        self.channels_last = channels_last
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch: reseeds the augmentation and forwards to the sampler when it is epoch-aware."""
-        self.epoch = int(epoch)
-        if hasattr(self.sampler, 'set_epoch'):
-            self.sampler.set_epoch(epoch)
-
-    def _num_indices(self) -> int:
-        return len(self.sampler) if self.sampler is not None else len(self.labels)
-
-    def __len__(self) -> int:
-        n = self._num_indices()
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        if self.sampler is not None:
-            order = torch.as_tensor(list(self.sampler), dtype=torch.long)
-        else:
-            order = torch.arange(len(self.labels))
-        order = order.to(self.device)
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self.images[idx]
-            x = self.augment(x, generator) if self.augment is not None else x.float().div_(255.0)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
 
 
 def default_mean_std(dataset_name: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
