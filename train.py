@@ -16,19 +16,15 @@ import os
 import sys
 import time
 
-import timm
 import torch
 import yaml
 from timm.data import resolve_data_config
-from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.utils import (ParseKwargs, distribute_bn, get_state_dict, init_distributed_device, is_primary, random_seed,
-                        setup_default_logging, unwrap_model, update_summary)
+from timm.utils import (ParseKwargs, distribute_bn, init_distributed_device, is_primary, random_seed,
+                        setup_default_logging, update_summary)
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.cli import run_cli
-from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, check_state_dict_fits, checkpoint_extras, \
-    find_resume_checkpoint, fork_training_state, load_training_checkpoint
-from rsg_timm.constants import CLASS_COUNTS_KEY
+from rsg_timm.checkpoint import RunCheckpointSaver, RunState, find_resume_checkpoint, load_training_checkpoint
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
     list_lt_datasets, list_samplers, sampler_kwargs
 from rsg_timm.engine import check_divergence, evaluate, format_loss_terms, train_one_epoch
@@ -36,7 +32,8 @@ from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy, plot_training_curves
 from rsg_timm.models import is_rsg_model
-from rsg_timm.recipes import create_lr_scheduler, create_recipe_model, resolve_recipe
+from rsg_timm.recipes import create_lr_scheduler, create_recipe_model, create_recipe_optimizer, resolve_recipe
+from rsg_timm.resume import fork_run, resume_run
 from rsg_timm.run_folder import create_run_dir, new_run_dir, truncate_summary
 
 _logger = logging.getLogger('train')
@@ -306,64 +303,6 @@ def _format_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
 
 
-class _RunState:
-    """What rsg_timm adds to timm's checkpoints; handed to ``CheckpointSaver`` as its ``task``."""
-
-    def __init__(self, model, class_counts, label_names):
-        self.model, self.class_counts, self.label_names = model, class_counts, label_names
-
-    def get_checkpoint_state(self, ema: bool = False, unwrap_fn=unwrap_model) -> dict:
-        if ema:
-            return {}
-        state = {'state_dict': get_state_dict(self.model, unwrap_fn)}
-        state.update(checkpoint_extras(unwrap_fn(self.model), self.class_counts, self.label_names))
-        return state
-
-
-def _check_class_counts(checkpoint: dict, class_counts, source: str, verb: str) -> None:
-    """A run continues only on the data it was trained on."""
-    if checkpoint.get(CLASS_COUNTS_KEY) not in (None, list(class_counts)):
-        raise CheckpointError(f'{source} trained on class counts {checkpoint[CLASS_COUNTS_KEY]}, not '
-                              f'{class_counts}: {verb} with the same dataset flags')
-
-
-def _resume(checkpoint: dict, path: str, model, optimizer, loss_scaler, class_counts, restore_optimizer: bool) -> int:
-    """Restore model (RSG included), optimizer, AMP scaler and RNG; returns the epoch to start from."""
-    _check_class_counts(checkpoint, class_counts, f'{path} was', 'resume')
-    check_state_dict_fits(checkpoint['state_dict'], model, path)
-    model.load_state_dict(checkpoint['state_dict'])
-    if restore_optimizer and 'optimizer' in checkpoint:
-        optimizer.load_state_dict(checkpoint['optimizer'])
-    if loss_scaler is not None and 'amp_scaler' in checkpoint:
-        loss_scaler.load_state_dict(checkpoint['amp_scaler'])
-    if 'rng_state' in checkpoint:
-        torch.set_rng_state(checkpoint['rng_state'])
-    _logger.info(f'Resumed from {path} (epoch {checkpoint["epoch"]})')
-    return int(checkpoint['epoch']) + 1
-
-
-def _fork(path: str, model, optimizer, class_counts) -> int:
-    """Branch this run off the run that wrote ``path``; returns the epoch to start from."""
-    checkpoint = load_training_checkpoint(path)
-    source_args = checkpoint.get('args')
-    if source_args is None or 'optimizer' not in checkpoint:
-        raise CheckpointError(f'--fork {path}: not a train.py checkpoint (no args or optimizer state); fork from a '
-                              f'run\'s last.pth.tar or checkpoint-<epoch>.pth.tar')
-    _check_class_counts(checkpoint, class_counts, f'--fork {path}:', 'fork')
-    source_args = argparse.Namespace(**dict(vars(source_args), pretrained=False, torchcompile=None,
-                                            grad_checkpointing=False))
-    source = create_recipe_model(source_args, len(class_counts), class_counts)
-    source.load_state_dict(checkpoint['state_dict'])
-    source_optimizer = create_optimizer_v2(source, **optimizer_kwargs(cfg=source_args),
-                                           filter_bias_and_bn=not source_args.decay_all_params)
-    source_optimizer.load_state_dict(checkpoint['optimizer'])
-    dropped = fork_training_state(source, source_optimizer, unwrap_model(model), optimizer, source_name=path)
-    torch.set_rng_state(checkpoint['rng_state'])
-    _logger.info(f'Forked from {path} ({source_args.model}, epoch {checkpoint["epoch"]}); dropped {len(dropped)} '
-                 f'tensors the new model lacks: {", ".join(dropped[:4])}{", ..." if len(dropped) > 4 else ""}')
-    return int(checkpoint['epoch']) + 1
-
-
 def main(argv=None) -> dict:
     setup_default_logging()
     logging.getLogger('timm.utils.checkpoint_saver').addFilter(_drop_checkpoint_list)
@@ -410,7 +349,7 @@ def main(argv=None) -> dict:
                                    is_training=False, sampler=ShardSampler(len(eval_set), args.world_size, args.rank),
                                    **loader_kwargs)
 
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), filter_bias_and_bn=not args.decay_all_params)
+    optimizer = create_recipe_optimizer(args, model)
     loss_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     lr_scheduler, num_epochs = create_lr_scheduler(args, optimizer, updates_per_epoch=len(train_loader))
     criterion = create_loss(args.loss, class_counts=class_counts, **loss_kwargs(args)).to(device)
@@ -418,10 +357,10 @@ def main(argv=None) -> dict:
 
     start_epoch = 0
     if args.resume:
-        start_epoch = _resume(checkpoint, args.resume, model, optimizer, loss_scaler, class_counts,
+        start_epoch = resume_run(checkpoint, args.resume, model, optimizer, loss_scaler, class_counts,
                               not args.no_resume_opt)
     elif args.fork:
-        start_epoch = _fork(args.fork, model, optimizer, class_counts)
+        start_epoch = fork_run(args.fork, model, optimizer, class_counts)
     if start_epoch:
         lr_scheduler.step(start_epoch)
     train_model = model
@@ -430,7 +369,7 @@ def main(argv=None) -> dict:
             model, device_ids=[device] if device.type == 'cuda' else None,
             find_unused_parameters=is_rsg_model(model))
 
-    run = _RunState(model, class_counts, label_names)
+    run = RunState(model, class_counts, label_names)
     saver = None
     if is_primary(args):
         output_dir = create_run_dir(output_dir, args)

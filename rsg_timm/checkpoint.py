@@ -18,15 +18,14 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from timm.models import clean_state_dict
 from timm.models.resnet import ResNet
-from timm.utils import CheckpointSaver
+from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
-from .models import COSINE_CLASSIFIER_KEY, CheckpointError, check_state_dict_fits, backbone_arch, has_cosine_classifier, is_rsg_model, linear_to_cosine, \
-    set_cosine_classifier
+from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check_state_dict_fits, has_cosine_classifier, \
+    is_rsg_model, linear_to_cosine, set_cosine_classifier
 
-__all__ = ['CheckpointError', 'RunCheckpointSaver', 'checkpoint_extras', 'find_resume_checkpoint',
-           'fork_training_state', 'load_training_checkpoint', 'create_eval_model', 'LAST_CHECKPOINT',
-           'TMP_CHECKPOINT']
+__all__ = ['CheckpointError', 'RunCheckpointSaver', 'RunState', 'checkpoint_extras', 'find_resume_checkpoint',
+           'load_training_checkpoint', 'create_eval_model', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT']
 
 _logger = logging.getLogger(__name__)
 
@@ -117,6 +116,21 @@ def find_resume_checkpoint(path: str) -> str:
     return last
 
 
+class RunState:
+    """A run's checkpoint state: the model's and what rsg_timm adds to timm's checkpoints (:func:`checkpoint_extras`);
+    handed to ``CheckpointSaver`` as its ``task``."""
+
+    def __init__(self, model, class_counts, label_names):
+        self.model, self.class_counts, self.label_names = model, class_counts, label_names
+
+    def get_checkpoint_state(self, ema: bool = False, unwrap_fn=unwrap_model) -> dict:
+        if ema:
+            return {}
+        state = {'state_dict': get_state_dict(self.model, unwrap_fn)}
+        state.update(checkpoint_extras(unwrap_fn(self.model), self.class_counts, self.label_names))
+        return state
+
+
 class RunCheckpointSaver(CheckpointSaver):
     """timm's ``CheckpointSaver``, with nothing lost to a kill or a full disk.
 
@@ -182,38 +196,6 @@ class RunCheckpointSaver(CheckpointSaver):
         resumed_last = os.path.abspath(path) == os.path.abspath(os.path.join(self.checkpoint_dir, LAST_CHECKPOINT))
         if resumed_last and epoch is not None and not os.path.exists(self._checkpoint_path(epoch)):
             self._retain(epoch, metric)
-
-
-def fork_training_state(
-        source: nn.Module,
-        source_optimizer: torch.optim.Optimizer,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        source_name: str = 'the source run',
-) -> List[str]:
-    """Give ``model`` and ``optimizer`` the training state that ``source`` and ``source_optimizer`` hold for the
-    tensors both models share, matched by name: weights, BN statistics and per-parameter optimizer state (momentum).
-
-    This branches one run off another, e.g. a plain backbone off an RSG run during the CESC phase, where RSG reads
-    only detached features and the backbone follows exactly the plain run's trajectory. Every tensor of ``model``
-    must exist in ``source`` with the same shape; the source's other tensors are dropped and returned by name.
-    """
-    if type(source_optimizer) is not type(optimizer):
-        raise CheckpointError(f'{source_name} was trained with {type(source_optimizer).__name__}, this run builds '
-                              f'{type(optimizer).__name__}: fork with the same --opt')
-    source_state, own = source.state_dict(), model.state_dict()
-    missing = sorted(k for k in own if k not in source_state)
-    mismatched = sorted(k for k in own if k in source_state and source_state[k].shape != own[k].shape)
-    if missing or mismatched:
-        raise CheckpointError(f'{source_name} lacks {len(missing)} tensors of this model {missing[:3]} and has '
-                              f'{len(mismatched)} of other shapes {mismatched[:3]}: fork only into the same backbone')
-    model.load_state_dict({k: source_state[k] for k in own})
-    source_params = dict(source.named_parameters())
-    for name, param in model.named_parameters():
-        state = source_optimizer.state.get(source_params[name])
-        if state:
-            optimizer.state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
-    return sorted(set(source_state) - set(own))
 
 
 def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:

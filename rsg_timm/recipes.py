@@ -1,5 +1,5 @@
 """The long-tail recipe rules: the flags a run leaves unset, resolved the way the RSG and LDAM-DRW papers train, and
-the model and learning-rate schedule that the resolved flags describe.
+the model, optimizer and learning-rate schedule that the resolved flags describe.
 
 ``train.py`` parses flags; this module decides what they mean, so that ``benchmarks/reproduce.py`` and the tests
 apply the same rules. The epoch milestones are those of the official RSG CIFAR-LT code, as shares of its 200
@@ -16,12 +16,13 @@ from typing import Any, Dict, Sequence, Tuple
 import timm
 import torch
 import torch.nn as nn
+from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 from .models import backbone_arch, is_rsg_model, set_cosine_classifier, supports_cosine_classifier
 
 __all__ = ['RSG_FLAGS', 'LATE_PHASE', 'LAST_DECAY', 'scaled_schedule', 'resolve_recipe', 'create_recipe_model',
-           'create_lr_scheduler']
+           'create_recipe_optimizer', 'create_lr_scheduler']
 
 _logger = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ def create_recipe_model(args: argparse.Namespace, num_classes: int, class_counts
         for info in model.feature_info[1:]:
             model.get_submodule(info['module']).compile(backend=args.torchcompile, dynamic=True)
     return model
+
+
+def create_recipe_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's optimizer for the resolved flags; ``--decay-all-params`` weight-decays biases and norm weights too."""
+    return create_optimizer_v2(model, **optimizer_kwargs(cfg=args), filter_bias_and_bn=not args.decay_all_params)
 
 
 def create_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer,
