@@ -1,10 +1,8 @@
-"""Publish a train.py run on the Hugging Face Hub, and ship it in the model zoo.
+"""Publish a train.py run on the Hugging Face Hub, and ship it in the model zoo: transport only.
 
-``python -m rsg_timm.hub push RUN_DIR --repo-id ORG/NAME [--private] [--dry-run OUT_DIR]`` stages the run's exported
-backbone (``model.safetensors`` + timm's ``config.json`` with class counts and label names; re-exported from
-``last.pth.tar`` when the run has none), a model card ``README.md`` and the run's records (``args.yaml`` without
-machine-specific paths, ``summary.csv``, ``per_class.csv``) in a temporary folder, then uploads that folder with
-``huggingface_hub.HfApi``. ``--dry-run OUT_DIR`` writes the staged files to OUT_DIR (new or empty, so nothing there is
+``python -m rsg_timm.hub push RUN_DIR --repo-id ORG/NAME [--private] [--dry-run OUT_DIR]`` stages the run with
+:func:`rsg_timm.export.export_run` (the backbone export, a model card and the run's records) in a temporary folder,
+then uploads that folder with ``huggingface_hub.HfApi``. ``--dry-run OUT_DIR`` writes the staged files to OUT_DIR (new or empty, so nothing there is
 overwritten and it holds exactly what a push uploads) instead and touches no network.
 The result loads with ``timm.create_model('hf-hub:ORG/NAME', pretrained=True)`` and
 ``python validate.py --model hf-hub:ORG/NAME``.
@@ -18,35 +16,20 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import tempfile
-from pathlib import Path
 from typing import List, Optional, Union
 
-import yaml
 from huggingface_hub import HfApi
 from huggingface_hub.utils import validate_repo_id
-from safetensors import SafetensorError, safe_open
-from timm.data import resolve_data_config
-from timm.models import model_entrypoint
 
-from .checkpoint import create_eval_model, load_training_checkpoint
-from .export import save_pretrained
-from .model_card import create_model_card
-from .run_folder import read_run
+from .export import export_run
 from .models.pretrained import PRETRAINED_DIR, add_pretrained
 
-__all__ = ['export_run', 'push_to_hub']
+__all__ = ['push_to_hub']
 
 _logger = logging.getLogger(__name__)
 
-# args.yaml keys that describe the machine a run was trained on, not its recipe; left out of the published copy.
-_LOCAL_ARGS = ('data_dir', 'output', 'experiment', 'resume', 'no_resume_opt', 'device', 'workers', 'no_progress',
-               'log_interval', 'checkpoint_hist', 'dataset_download')
-_EXPORT_FILES = ('config.json', 'model.safetensors')
-_RECORD_FILES = ('summary.csv', 'per_class.csv', 'curves.png', 'per_class.png')  # figures: [plot] extra
 _DEFAULT_COMMIT_MESSAGE = 'Add rsg_timm model'
-_PACKAGE = __package__  # 'rsg_timm', also under python -m
 
 PathLike = Union[str, os.PathLike]
 
@@ -56,63 +39,6 @@ def _check_repo_id(repo_id: str, flag: str = '--repo-id') -> None:
     if repo_id.count('/') != 1 or not all(repo_id.split('/')):
         raise ValueError(f'{flag} {repo_id!r}: pass ORG/NAME (timm loads hf-hub:ORG/NAME)')
     validate_repo_id(repo_id)  # HFValidationError, a ValueError naming the rule
-
-
-def _check_safetensors(path: Path) -> None:
-    """Fail unless ``path`` is a readable safetensors file (a renamed pickle would fail only when the tag loads)."""
-    try:
-        with safe_open(str(path), framework='pt') as f:
-            f.keys()
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f'{path} is not a safetensors file ({e}); re-export the run (train.py writes it, or '
-                         f'`python -m rsg_timm.hub push RUN_DIR --repo-id ORG/NAME --dry-run DIR`)') from None
-
-
-def _export_backbone(run_dir: Path, out_dir: Path) -> None:
-    """Copy the run's export, or write one from ``last.pth.tar`` when training stopped before exporting."""
-    if all((run_dir / name).is_file() for name in _EXPORT_FILES):
-        for name in _EXPORT_FILES:
-            shutil.copyfile(run_dir / name, out_dir / name)
-        return
-    checkpoint = run_dir / 'last.pth.tar'
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f'{str(run_dir)!r} has neither an exported backbone (config.json + model.safetensors) '
-                                f'nor last.pth.tar to export one from; is it a train.py run folder?')
-    backbone = load_training_checkpoint(str(checkpoint)).get('backbone')
-    if not backbone:
-        raise FileNotFoundError(f'{str(checkpoint)!r} does not record its backbone; it was not written by train.py')
-    model, class_counts, label_names = create_eval_model(backbone, str(checkpoint))
-    _logger.info(f'{run_dir} has no export; exporting the backbone of {checkpoint}')
-    save_pretrained(model, out_dir, class_counts=class_counts, label_names=label_names,
-                    data_config=resolve_data_config({}, model=model))
-
-
-def export_run(run_dir: PathLike, out_dir: PathLike, *, repo_id: str = 'ORG/NAME') -> Path:
-    """Stage what ``push`` uploads for a run into ``out_dir``: the backbone export, README.md and the run records.
-
-    Args:
-        run_dir: a train.py run folder (``output/train/<experiment>``).
-        out_dir: the staging folder, created if needed; it must not be the run folder.
-        repo_id: the Hub repo the card's loading examples name.
-
-    Returns:
-        The staging folder.
-    """
-    run = read_run(run_dir)
-    out_dir = Path(out_dir)
-    if out_dir.resolve() == run.run_dir.resolve():
-        raise ValueError(f'stage into another folder than the run itself ({out_dir}); it would replace args.yaml')
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _export_backbone(run.run_dir, out_dir)
-    config = json.loads((out_dir / 'config.json').read_text())
-    needs_plugin = model_entrypoint(config['architecture']).__module__.startswith(_PACKAGE)
-    (out_dir / 'README.md').write_text(create_model_card(run, config, repo_id, needs_plugin), encoding='utf-8')
-    recipe = {k: v for k, v in run.args.items() if k not in _LOCAL_ARGS}
-    (out_dir / 'args.yaml').write_text(yaml.safe_dump(recipe, sort_keys=False))
-    for name in _RECORD_FILES:
-        if (run.run_dir / name).is_file():
-            shutil.copyfile(run.run_dir / name, out_dir / name)
-    return out_dir
 
 
 def push_to_hub(
@@ -183,8 +109,6 @@ def main(argv: Optional[List[str]] = None) -> str:
                            token=args.token, commit_message=args.commit_message)
     if args.hf_hub_id is not None:
         _check_repo_id(args.hf_hub_id, '--hf-hub-id')
-    if Path(args.run_dir, 'model.safetensors').is_file():
-        _check_safetensors(Path(args.run_dir, 'model.safetensors'))
     name, entry = add_pretrained(args.run_dir, args.tag, args.hf_hub_id, notes=args.note, replace=args.replace)
     return f'{name} added to {PRETRAINED_DIR / "tags.json"}:\n{json.dumps(entry, indent=2)}'
 

@@ -15,6 +15,7 @@ from rsg_timm import RSG, hub
 from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, find_resume_checkpoint, \
     load_training_checkpoint
 from rsg_timm.data import create_lt_dataset
+from rsg_timm.models.pretrained import add_pretrained
 
 from helpers import load_script
 
@@ -327,15 +328,17 @@ def test_dry_run_refuses_repo_ids_the_hub_rejects(repo_id, finished_run, tmp_pat
 
 
 def test_add_pretrained_refuses_a_pickle_named_safetensors_and_a_bad_hub_id(finished_run, tmp_path, monkeypatch):
-    added = []
-    monkeypatch.setattr(hub, 'add_pretrained', lambda *args, **kwargs: added.append(args) or ('x', {}))
     export = tmp_path / 'export'
     os.makedirs(export)
     with open(os.path.join(finished_run, 'config.json'), 'rb') as f:
         (export / 'config.json').write_bytes(f.read())
     torch.save({'weight': torch.zeros(2)}, export / 'model.safetensors')
+    zoo = tmp_path / 'zoo'
     with pytest.raises(ValueError, match='model.safetensors is not a safetensors file'):
-        hub.main(['add-pretrained', str(export), '--tag', 'test_tag'])
+        add_pretrained(export, 'test_tag', pretrained_dir=zoo)
+    assert not zoo.exists()  # refused before anything was written
+    added = []
+    monkeypatch.setattr(hub, 'add_pretrained', lambda *args, **kwargs: added.append(args) or ('x', {}))
     with pytest.raises(ValueError):
         hub.main(['add-pretrained', finished_run, '--tag', 'test_tag', '--hf-hub-id', 'me/a..b'])
     assert not added

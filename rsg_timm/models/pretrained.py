@@ -31,6 +31,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from safetensors import SafetensorError, safe_open
 from timm.models import PretrainedCfg, get_pretrained_cfg, model_entrypoint
 
 from ..atomic import atomic_write
@@ -132,6 +133,16 @@ def _run_notes(run_dir: Path) -> List[str]:
     return notes
 
 
+def _check_safetensors(path: Path) -> None:
+    """Fail unless ``path`` is a readable safetensors file (a renamed pickle would fail only when the tag loads)."""
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f'{path} is not a safetensors file ({e}); re-export the run (train.py writes it, or '
+                         f'`python -m rsg_timm.hub push RUN_DIR --repo-id ORG/NAME --dry-run DIR`)') from None
+
+
 def add_pretrained(
         run_dir: Union[str, os.PathLike],
         tag: str,
@@ -162,6 +173,7 @@ def add_pretrained(
         raise FileNotFoundError(
             f'{run_dir} has no exported backbone (config.json + model.safetensors); train.py writes it when a run '
             f'ends, and `python -m rsg_timm.hub push RUN_DIR --repo-id ORG/NAME --dry-run DIR` re-exports one')
+    _check_safetensors(weights_path)
     if not _TAG_RE.match(tag):
         raise ValueError(f'tag {tag!r}: use lower-case letters, digits and _ (timm style, e.g. ldam_drw_cifar10_lt)')
     if hf_hub_id is not None and hf_hub_id.count('/') != 1:
