@@ -13,7 +13,7 @@ from timm.models import get_pretrained_cfg
 
 from rsg_timm import hub
 from rsg_timm.checkpoint import create_eval_model
-from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags, resolve_zoo_tag
+from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags, remove_pretrained, resolve_zoo_tag
 
 from helpers import TINY_COUNTS, load_script
 
@@ -187,6 +187,15 @@ def test_add_pretrained_then_load_the_tag(run_dir, tmp_path):
         add_pretrained(run_dir, 'Bad.Tag', pretrained_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match='exported backbone'):
         add_pretrained(tmp_path, 'x', pretrained_dir=tmp_path)
+
+    # the caller may state the notes itself, and a tag retires with its weights
+    _, other = add_pretrained(run_dir, 'zoo_other', pretrained_dir=tmp_path, notes=['only this'], run_notes=False)
+    assert other['notes'] == ['only this']
+    remove_pretrained(name, pretrained_dir=tmp_path)
+    assert sorted(load_pretrained_tags(tmp_path)) == ['cifar_resnet32.zoo_other']
+    assert not (tmp_path / f'{name}.safetensors').exists()
+    with pytest.raises(KeyError, match='zoo_other'):
+        remove_pretrained(name, pretrained_dir=tmp_path)
 
 
 @pytest.mark.parametrize('name', sorted(load_pretrained_tags()))

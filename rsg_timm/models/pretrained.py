@@ -36,7 +36,7 @@ from timm.models import PretrainedCfg, get_pretrained_cfg, model_entrypoint
 
 from ..atomic import atomic_write
 
-__all__ = ['PRETRAINED_DIR', 'load_pretrained_tags', 'resolve_zoo_tag', 'add_pretrained']
+__all__ = ['PRETRAINED_DIR', 'load_pretrained_tags', 'resolve_zoo_tag', 'add_pretrained', 'remove_pretrained']
 
 _logger = logging.getLogger(__name__)
 
@@ -143,12 +143,19 @@ def _check_safetensors(path: Path) -> None:
                          f'`python -m rsg_timm.hub push RUN_DIR --repo-id ORG/NAME --dry-run DIR`)') from None
 
 
+def _write_tags(pretrained_dir: Path, tags: Tags) -> None:
+    with atomic_write(pretrained_dir / _TAGS_FILE) as f:
+        json.dump(dict(sorted(tags.items())), f, indent=2)
+        f.write('\n')
+
+
 def add_pretrained(
         run_dir: Union[str, os.PathLike],
         tag: str,
         hf_hub_id: Optional[str] = None,
         *,
         notes: Sequence[str] = (),
+        run_notes: bool = True,
         replace: bool = False,
         pretrained_dir: Union[str, os.PathLike] = PRETRAINED_DIR,
 ) -> Tuple[str, Dict[str, Any]]:
@@ -160,7 +167,9 @@ def add_pretrained(
         run_dir: a train.py run folder or any export folder (``config.json`` + ``model.safetensors``).
         tag: the tag, timm style ``<recipe>_<dataset>`` (e.g. ``ldam_drw_rsg_cifar10_lt_r100``).
         hf_hub_id: the published copy (``ORG/NAME``, as pushed by ``python -m rsg_timm.hub push``).
-        notes: extra notes; the run's measured accuracy and training command are added when known.
+        notes: extra notes.
+        run_notes: start the notes with the run folder's measured accuracy and training command (off when the
+            caller states them itself, e.g. for a run whose history spans two folders).
         replace: overwrite an existing entry of the same name.
         pretrained_dir: the zoo folder (the package's by default).
 
@@ -200,16 +209,29 @@ def add_pretrained(
         from ..run_folder import read_run  # here, not at the top: reading a run needs pandas, model code must not
         run_args = read_run(run_dir).args
         entry['train_args'] = {k: run_args[k] for k in _TRAIN_ARG_KEYS if k in run_args}
-    entry['notes'] = [*_run_notes(run_dir), *notes]
+    entry['notes'] = [*(_run_notes(run_dir) if run_notes else []), *notes]
     entry = {k: v for k, v in entry.items() if v is not None}
 
     pretrained_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(pretrained_dir / f'{name}.safetensors', 'wb') as dst, open(weights_path, 'rb') as src:
         shutil.copyfileobj(src, dst)
     tags[name] = entry
-    tags_path = pretrained_dir / _TAGS_FILE
-    with atomic_write(tags_path) as f:
-        json.dump(dict(sorted(tags.items())), f, indent=2)
-        f.write('\n')
-    _logger.info(f'Added {name} to {tags_path}')
+    _write_tags(pretrained_dir, tags)
+    _logger.info(f'Added {name} to {pretrained_dir / _TAGS_FILE}')
     return name, entry
+
+
+def remove_pretrained(name: str, pretrained_dir: Union[str, os.PathLike] = PRETRAINED_DIR) -> None:
+    """Retire the zoo tag ``name`` (``<arch>.<tag>``): its ``tags.json`` entry and its weights file.
+
+    Raises:
+        KeyError: ``name`` is not in the zoo, naming the tags there are.
+    """
+    pretrained_dir = Path(pretrained_dir)
+    tags = load_pretrained_tags(pretrained_dir)
+    if name not in tags:
+        raise KeyError(f'{name} is not in the zoo ({pretrained_dir / _TAGS_FILE}); its tags: {sorted(tags)}')
+    del tags[name]
+    _write_tags(pretrained_dir, tags)
+    (pretrained_dir / f'{name}.safetensors').unlink(missing_ok=True)
+    _logger.info(f'Removed {name} from {pretrained_dir / _TAGS_FILE}')
