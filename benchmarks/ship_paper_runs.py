@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Ship the two paper-recipe runs of ``benchmarks/paper_runs.sh`` as zoo tags, and write their results page.
+
+``python benchmarks/ship_paper_runs.py`` (after both runs have finished all their epochs):
+
+1. checks that both runs trained every epoch of their recipe and exported their backbone;
+2. gives the plain LDAM-DRW run its whole history: it was forked (``train.py --fork``) from the RSG run's
+   checkpoint at the end of epoch 159, and before RSG's generation phase the two runs are the same run (a fork
+   equals a straight plain run bit for bit: ``tests/test_fork.py``), so its epochs before the fork are the RSG
+   run's, evaluated on the same test split;
+3. adds ``<arch>.ldam_drw_cifar10_lt_r100`` and ``<arch>.ldam_drw_rsg_cifar10_lt_r100`` to the zoo (last-epoch
+   weights; notes: last and best epoch, many/medium/few, the command, the commit, the compute), and retires the
+   20-epoch ``*_cpu20e`` tags they replace;
+4. writes ``benchmarks/results/paper_runs.md``: both runs beside the paper, RSG minus the baseline, the per-class
+   table, and what each number means.
+
+``--dry-run`` prints the page and changes no zoo file.
+"""
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / 'benchmarks')]
+
+from rsg_timm.cli import run_cli  # noqa: E402
+from rsg_timm.model_card import markdown_table  # noqa: E402
+from rsg_timm.models.pretrained import PRETRAINED_DIR, add_pretrained, load_pretrained_tags, \
+    remove_pretrained  # noqa: E402
+from rsg_timm.run_folder import TrainingRun, read_run  # noqa: E402
+from reproduce import PAPER_TOP1 as _PAPER  # noqa: E402
+
+# The paper's top-1 (best test epoch, ResNet-32) of each method.
+PAPER_TOP1 = {method: top1 for method, (top1, _) in _PAPER['cifar10_lt_r100'].items()}
+TAGS = {'ldam_drw': 'ldam_drw_cifar10_lt_r100', 'ldam_drw_rsg': 'ldam_drw_rsg_cifar10_lt_r100'}
+RETIRED = ('ldam_drw_cifar10_lt_r100_cpu20e', 'ldam_drw_rsg_cifar10_lt_r100_cpu20e')
+_SHOTS = ('top1', 'many', 'medium', 'few')
+
+
+def paper_run_commits(driver: Path = REPO / 'benchmarks' / 'paper_runs.sh') -> Dict[str, str]:
+    """The commits the driver trains from: ``{'ldam_drw_rsg': RSG_COMMIT, 'ldam_drw': FORK_COMMIT}``."""
+    text = driver.read_text()
+    found = {name: re.search(rf'^{name}=(\w+)', text, re.MULTILINE) for name in ('RSG_COMMIT', 'FORK_COMMIT')}
+    return {'ldam_drw_rsg': found['RSG_COMMIT'].group(1), 'ldam_drw': found['FORK_COMMIT'].group(1)}
+
+
+def _check_finished(run: TrainingRun) -> None:
+    epochs = int(run.args['epochs'])
+    done = -1 if run.last is None else int(run.last['epoch'])
+    if done != epochs - 1 or not (run.run_dir / 'model.safetensors').is_file():
+        raise ValueError(f'{run.run_dir} has trained epochs 0..{done} of {epochs} and '
+                         f'{"has" if (run.run_dir / "model.safetensors").is_file() else "has no"} export: finish it '
+                         f'first (bash benchmarks/paper_runs.sh continues it)')
+
+
+def forked_history(plain: TrainingRun, source: TrainingRun) -> pd.DataFrame:
+    """The plain run's evaluation history from epoch 0: the source run's rows before the plain run's first epoch
+    (the shared trajectory), then its own. Only the columns both runs wrote are kept."""
+    first = int(plain.summary['epoch'].iloc[0])
+    shared = source.summary[source.summary['epoch'] < first]
+    if len(shared) != first:
+        raise ValueError(f'{plain.run_dir} starts at epoch {first}, but {source.run_dir} holds {len(shared)} epochs '
+                         f'before it: is it the run it was forked from?')
+    columns = [c for c in plain.summary.columns if c in source.summary.columns]
+    return pd.concat([shared[columns], plain.summary[columns]], ignore_index=True)
+
+
+def _best(summary: pd.DataFrame) -> pd.Series:
+    return summary.loc[summary['eval_top1'].idxmax()]  # first of equals, as the checkpoint saver
+
+
+def _compute_hours(summary: pd.DataFrame, images_per_epoch: int) -> float:
+    """Hours of training steps (images / measured throughput), without evaluation and pauses between sittings."""
+    return float((images_per_epoch / summary['train_images_per_sec']).sum() / 3600)
+
+
+def _notes(method: str, run: TrainingRun, last: pd.Series, best: pd.Series, commit: str,
+           hours: Dict[str, float]) -> List[str]:
+    shots = ', '.join(f'{k} {last[f"eval_{k}"]:.2f}' for k in ('many', 'medium', 'few'))
+    notes = [
+        f'top-1 {last["eval_top1"]:.2f} (last epoch {int(last["epoch"])}; {shots}); best-on-test '
+        f'{best["eval_top1"]:.2f} at epoch {int(best["epoch"])}; paper (best epoch) {PAPER_TOP1[method]:.2f}',
+        f'trained with: python train.py --config configs/{run.run_dir.name}.yaml --data-dir DATA --channels-last, at commit '
+        f'{commit}, on a 2-core CPU (benchmarks/paper_runs.sh); training steps '
+        + ', '.join(f'{k}: {v:.1f} h' for k, v in hours.items()),
+    ]
+    first = int(run.summary['epoch'].iloc[0])
+    if first:
+        notes.append(f'epochs 0-{first - 1} are those of the LDAM-DRW + RSG run: this run was forked from its '
+                     f'epoch-{first - 1} checkpoint (train.py --fork), which equals a straight LDAM-DRW run bit for '
+                     f'bit before RSG generates samples (tests/test_fork.py)')
+    return notes
+
+
+def _per_class_table(runs: Dict[str, TrainingRun]) -> str:
+    plain, rsg = runs['ldam_drw'].per_class, runs['ldam_drw_rsg'].per_class
+    rows = [(r.class_id, getattr(r, 'label', r.class_id), r.train_count, r.shot, r.accuracy, s.accuracy,
+             s.accuracy - r.accuracy)
+            for r, s in zip(plain.itertuples(), rsg.itertuples())]
+    return markdown_table(['class', 'label', 'training images', 'group', 'LDAM-DRW', 'LDAM-DRW + RSG', 'RSG gain'],
+                          rows)
+
+
+def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame], tags: Dict[str, str],
+                 commits: Dict[str, str]) -> str:
+    """The Markdown results page of the two runs."""
+    rows, last = [], {}
+    for method, name in (('ldam_drw', 'LDAM-DRW'), ('ldam_drw_rsg', 'LDAM-DRW + RSG')):
+        history = histories[method]
+        last[method], best = history.iloc[-1], _best(history)
+        rows.append((f'{name} (`{tags[method]}`)', *(last[method][f'eval_{k}'] for k in _SHOTS),
+                     f'{best["eval_top1"]:.2f} ({int(best["epoch"])})', PAPER_TOP1[method], f'`{commits[method]}`'))
+    gain = [last['ldam_drw_rsg'][f'eval_{k}'] - last['ldam_drw'][f'eval_{k}'] for k in _SHOTS]
+    first = int(runs['ldam_drw'].summary['epoch'].iloc[0])
+    rows.append(('RSG minus baseline', *gain, '', PAPER_TOP1['ldam_drw_rsg'] - PAPER_TOP1['ldam_drw'], ''))
+    verdict = 'ahead of' if gain[0] > 0 else 'not ahead of'
+    return '\n'.join([
+        '# CIFAR-10-LT (rho = 100): the official 200-epoch LDAM-DRW recipe with and without RSG',
+        '',
+        'Top-1 and many/medium/few (mean per-class accuracy of classes with > 100, 20..100, < 20 training images) on '
+        "the 10,000 CIFAR-10 test images, **last epoch** (the zoo's weights). The best epoch is chosen on the same "
+        'test split, as the official code and the papers report it: given for comparison only.',
+        '',
+        markdown_table(['run', 'top-1', 'many', 'medium', 'few', 'best top-1 (epoch)', 'paper (best epoch)',
+                        'commit'], rows),
+        '',
+        f'At this seed RSG is **{verdict}** the baseline: {gain[0]:+.2f} points top-1 (last epoch).',
+        '',
+        f"The LDAM-DRW run's epochs 0-{first - 1} are the RSG run's: it was forked from the RSG run's "
+        f'epoch-{first - 1} checkpoint (`train.py --fork`), which equals a straight LDAM-DRW run bit for bit before '
+        'RSG generates samples (`tests/test_fork.py`).',
+        '',
+        '## Per class (last epoch)',
+        '',
+        _per_class_table(runs),
+        '',
+        f'Written by `python benchmarks/ship_paper_runs.py` from `{runs["ldam_drw"].run_dir}` and '
+        f'`{runs["ldam_drw_rsg"].run_dir}`.',
+        '',
+    ])
+
+
+def ship(rsg_run: Path, plain_run: Path, *, pretrained_dir: Path = PRETRAINED_DIR,
+         results: Optional[Path] = REPO / 'benchmarks' / 'results' / 'paper_runs.md', dry_run: bool = False) -> str:
+    """Check, add to the zoo, retire the old tags and write the results page; returns the page."""
+    runs = {'ldam_drw_rsg': read_run(rsg_run), 'ldam_drw': read_run(plain_run)}
+    for run in runs.values():
+        _check_finished(run)
+        if run.per_class is None:
+            raise ValueError(f'{run.run_dir} has no per_class.csv: train.py writes it when a run ends')
+    histories = {'ldam_drw_rsg': runs['ldam_drw_rsg'].summary,
+                 'ldam_drw': forked_history(runs['ldam_drw'], runs['ldam_drw_rsg'])}
+    commits = paper_run_commits()
+    images = int(runs['ldam_drw_rsg'].per_class['train_count'].sum())
+    arch = None
+    tags = {}
+    for method, run in runs.items():
+        history, first = histories[method], int(run.summary['epoch'].iloc[0])
+        hours = {f'epochs {first}-{int(history["epoch"].iloc[-1])}': _compute_hours(run.summary, images)}
+        if first:
+            shared = runs['ldam_drw_rsg'].summary.iloc[:first]
+            hours[f'epochs 0-{first - 1}, shared with the RSG run'] = _compute_hours(shared, images)
+        notes = _notes(method, run, history.iloc[-1], _best(history), commits[method], hours)
+        if dry_run:
+            tags[method] = f'<arch>.{TAGS[method]}'
+            print('\n'.join(notes))
+            continue
+        tags[method], _ = add_pretrained(run.run_dir, TAGS[method], notes=notes, run_notes=False, replace=True,
+                                         pretrained_dir=pretrained_dir)
+        arch = tags[method].split('.')[0]
+    if not dry_run:
+        for tag in RETIRED:
+            if f'{arch}.{tag}' in load_pretrained_tags(pretrained_dir):
+                remove_pretrained(f'{arch}.{tag}', pretrained_dir)
+    page = results_page(runs, histories, tags, commits)
+    if results is not None and not dry_run:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(page, encoding='utf-8')
+    return page
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    runs = REPO / 'output' / 'paper_runs' / 'runs'
+    parser.add_argument('--rsg-run', type=Path, default=runs / 'cifar10_lt_r100_ldam_drw_rsg')
+    parser.add_argument('--plain-run', type=Path, default=runs / 'cifar10_lt_r100_ldam_drw')
+    parser.add_argument('--dry-run', action='store_true', help='print the notes and the page; change no file')
+    args = parser.parse_args(argv)
+    return ship(args.rsg_run, args.plain_run, dry_run=args.dry_run)
+
+
+if __name__ == '__main__':
+    print(run_cli(main))

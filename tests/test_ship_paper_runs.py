@@ -1,0 +1,68 @@
+"""benchmarks/ship_paper_runs.py on a miniature of the paper runs: an RSG run, a plain run forked off it, a zoo with
+the tags they replace."""
+import pandas as pd
+import pytest
+
+from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags
+from rsg_timm.run_folder import TrainingRun, read_run
+
+from helpers import load_script, train_args
+
+ship = load_script('benchmarks/ship_paper_runs.py')
+train_script = load_script('train.py')
+
+
+@pytest.fixture(scope='module')
+def forked_plain_run(trained_run, tiny_demo, tmp_path_factory):
+    """cifar_resnet32 forked from the shared trained run (rsg_resnet32, 2 epochs) after epoch 0; trains epoch 1."""
+    out = tmp_path_factory.mktemp('plain')
+    train_script.main(train_args(tiny_demo, out, 'plain', '--model', 'cifar_resnet32', '--fork',
+                                 str(trained_run.dir / 'checkpoint-0.pth.tar')))
+    return out / 'plain'
+
+
+def test_ship_adds_the_tags_retires_the_old_ones_and_writes_the_page(trained_run, forked_plain_run, tmp_path):
+    zoo = tmp_path / 'zoo'
+    for retired in ship.RETIRED:
+        add_pretrained(trained_run.dir, retired, pretrained_dir=zoo)
+    page_path = tmp_path / 'paper_runs.md'
+    page = ship.ship(trained_run.dir, forked_plain_run, pretrained_dir=zoo, results=page_path)
+
+    tags = load_pretrained_tags(zoo)
+    assert sorted(tags) == ['cifar_resnet32.ldam_drw_cifar10_lt_r100', 'cifar_resnet32.ldam_drw_rsg_cifar10_lt_r100']
+    assert sorted(p.name for p in zoo.glob('*.safetensors')) == [f'{name}.safetensors' for name in sorted(tags)]
+    rsg, plain = read_run(trained_run.dir).summary, read_run(forked_plain_run).summary
+    plain_notes = tags['cifar_resnet32.ldam_drw_cifar10_lt_r100']['notes']
+    # last epoch from the plain run, best over the shared epoch 0 (the RSG run's row) and the plain run's epoch 1
+    best = max(rsg['eval_top1'].iloc[0], plain['eval_top1'].iloc[-1])
+    assert plain_notes[0].startswith(f'top-1 {plain["eval_top1"].iloc[-1]:.2f} (last epoch 1;')
+    assert f'best-on-test {best:.2f}' in plain_notes[0] and 'paper (best epoch) 77.03' in plain_notes[0]
+    assert 'epochs 0-0 are those of the LDAM-DRW + RSG run' in plain_notes[-1]
+    assert 'at commit ' in plain_notes[1] and 'configs/plain.yaml' in plain_notes[1]
+    rsg_notes = tags['cifar_resnet32.ldam_drw_rsg_cifar10_lt_r100']['notes']
+    assert rsg_notes[0].startswith(f'top-1 {rsg["eval_top1"].iloc[-1]:.2f} (last epoch 1;') and len(rsg_notes) == 2
+
+    assert page_path.read_text() == page
+    gain = rsg['eval_top1'].iloc[-1] - plain['eval_top1'].iloc[-1]
+    assert f'| RSG minus baseline | {gain:.2f} |' in page and 'paper (best epoch)' in page
+    assert page.count('\n| 9 | c9 | 2 | few |') == 1  # the per-class table, rarest class last
+
+
+def test_ship_refuses_unfinished_or_unrelated_runs(trained_run, forked_plain_run, tmp_path):
+    run = read_run(trained_run.dir)
+    unfinished = TrainingRun(run.run_dir, dict(run.args, epochs=3), run.summary, run.per_class)
+    with pytest.raises(ValueError, match='epochs 0..1 of 3.*paper_runs.sh'):
+        ship._check_finished(unfinished)
+    plain = read_run(forked_plain_run)
+    late = TrainingRun(plain.run_dir, plain.args, plain.summary.assign(epoch=plain.summary['epoch'] + 5), None)
+    with pytest.raises(ValueError, match='starts at epoch 6.*holds 2 epochs before it'):
+        ship.forked_history(late, run)
+    history = ship.forked_history(plain, run)
+    assert list(history['epoch']) == [0, 1] and 'train_cesc' not in history
+    pd.testing.assert_series_equal(history['eval_top1'], pd.concat([run.summary['eval_top1'][:1],
+                                                                    plain.summary['eval_top1']], ignore_index=True))
+
+
+def test_commits_come_from_the_driver():
+    commits = ship.paper_run_commits()
+    assert set(commits) == {'ldam_drw', 'ldam_drw_rsg'} and all(len(c) >= 7 for c in commits.values())
