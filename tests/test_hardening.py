@@ -84,6 +84,14 @@ def test_resume_restores_the_recipe_in_the_runs_own_folder(finished_run, tmp_pat
         assert torch.equal(v, resumed['state_dict'][k]), k
 
 
+def test_resume_into_another_model_is_refused_before_any_work(finished_run):
+    last = os.path.join(finished_run, 'last.pth.tar')
+    before = os.stat(last).st_mtime_ns
+    with pytest.raises(CheckpointError, match='last.pth.tar does not fit rsg_resnet32: .*missing keys'):
+        train_script.main(['--resume', finished_run, '--model', 'rsg_resnet32', *QUIET])
+    assert os.stat(last).st_mtime_ns == before and _summary_epochs(finished_run) == ['0', '1']
+
+
 def test_resume_refuses_another_output_folder(finished_run, tmp_path):
     with pytest.raises(ValueError, match='own folder'):
         train_script.main(['--resume', finished_run, '--output', str(tmp_path), '--experiment', 'new', *QUIET])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from rsg_timm.models import CifarResNet, RSGMixin, RSGOutput, checkpoint_filter_fn, is_rsg_model
+from rsg_timm.models import CheckpointError, CifarResNet, RSGMixin, RSGOutput, checkpoint_filter_fn, is_rsg_model
 
 from helpers import REPO_DIR
 
@@ -291,7 +291,7 @@ def test_checkpoint_of_other_architecture_fails_clearly(tmp_path):
     path = tmp_path / 'test_resnet.safetensors'
     save_file(timm.create_model('test_resnet').state_dict(), str(path))
     for name in ('cifar_resnet32', 'rsg_resnet32'):
-        with pytest.raises(RuntimeError, match='another architecture'):
+        with pytest.raises(CheckpointError, match='does not fit .*another architecture'):
             _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
 
