@@ -226,34 +226,16 @@ class ShardSampler:
         return len(self.indices)
 
 
-def create_sampler(
-        name: str,
-        targets: Targets,
-        *,
-        num_samples: Optional[int] = None,
-        num_replicas: int = 1,
-        rank: int = 0,
-        seed: int = 0,
-        total_epochs: Optional[int] = None,
-        **options,
-) -> LTSampler:
+def create_sampler(name: str, targets: Targets, **kwargs) -> LTSampler:
     """Build a registered sampler by name.
 
     Args:
         name: one of ``list_samplers()``.
         targets: label of every dataset item, or a dataset exposing ``.targets``.
-        num_samples: global draws per epoch (dataset length by default).
-        num_replicas: DDP world size.
-        rank: this process's rank.
-        seed: base seed (epoch e uses seed + e on every rank).
-        total_epochs: T of the progressive sampler; ignored by the others.
-        options: sampler-specific arguments (``deferred``: ``switch_epoch``, ``beta``, ``shuffle_before_switch``).
+        kwargs: :class:`LTSampler`'s ``num_samples``, ``num_replicas``, ``rank``, ``seed`` and ``total_epochs``,
+            and the sampler's own options (``deferred``: ``switch_epoch``, ``beta``, ``shuffle_before_switch``).
     """
-    sampler_cls = _SAMPLERS.get(name)
-    targets = getattr(targets, 'targets', targets)
-    return sampler_cls(
-        targets, num_samples=num_samples, num_replicas=num_replicas, rank=rank, seed=seed, total_epochs=total_epochs,
-        **options)
+    return _SAMPLERS.get(name)(getattr(targets, 'targets', targets), **kwargs)
 
 
 def sampler_kwargs(args) -> dict:
