@@ -11,8 +11,9 @@
 3. adds ``<arch>.ldam_drw_cifar10_lt_r100`` and ``<arch>.ldam_drw_rsg_cifar10_lt_r100`` to the zoo (last-epoch
    weights; notes: last and best epoch, many/medium/few, the command, the commit, the compute), and retires the
    20-epoch ``*_cpu20e`` tags they replace;
-4. writes ``benchmarks/results/paper_runs.md``: both runs beside the paper, RSG minus the baseline, the per-class
-   table, and what each number means.
+4. writes the tags' model card ``rsg_timm/pretrained/cifar10_lt_r100.md`` (shipped beside the weights): both runs
+   beside the paper, RSG minus the baseline, the per-class table, per-class accuracy against training images
+   (``*_per_class.png``, with the ``[plot]`` extra), the commands, commits and compute.
 
 ``--dry-run`` prints the page and changes no zoo file.
 """
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / 'benchmarks')]
 
 from rsg_timm.cli import run_cli  # noqa: E402
+from rsg_timm.metrics import plot_per_class_accuracy  # noqa: E402
 from rsg_timm.model_card import markdown_table  # noqa: E402
 from rsg_timm.models.pretrained import PRETRAINED_DIR, add_pretrained, load_pretrained_tags, \
     remove_pretrained  # noqa: E402
@@ -106,17 +108,17 @@ def _per_class_table(runs: Dict[str, TrainingRun]) -> str:
 
 
 def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame], tags: Dict[str, str],
-                 commits: Dict[str, str]) -> str:
-    """The Markdown results page of the two runs."""
+                 notes: Dict[str, List[str]], figures: Sequence[str] = ()) -> str:
+    """The Markdown model card of the two tags."""
     rows, last = [], {}
     for method, name in (('ldam_drw', 'LDAM-DRW'), ('ldam_drw_rsg', 'LDAM-DRW + RSG')):
         history = histories[method]
         last[method], best = history.iloc[-1], _best(history)
         rows.append((f'{name} (`{tags[method]}`)', *(last[method][f'eval_{k}'] for k in _SHOTS),
-                     f'{best["eval_top1"]:.2f} ({int(best["epoch"])})', PAPER_TOP1[method], f'`{commits[method]}`'))
+                     f'{best["eval_top1"]:.2f} ({int(best["epoch"])})', PAPER_TOP1[method]))
     gain = [last['ldam_drw_rsg'][f'eval_{k}'] - last['ldam_drw'][f'eval_{k}'] for k in _SHOTS]
     first = int(runs['ldam_drw'].summary['epoch'].iloc[0])
-    rows.append(('RSG minus baseline', *gain, '', PAPER_TOP1['ldam_drw_rsg'] - PAPER_TOP1['ldam_drw'], ''))
+    rows.append(('RSG minus baseline', *gain, '', PAPER_TOP1['ldam_drw_rsg'] - PAPER_TOP1['ldam_drw']))
     verdict = 'ahead of' if gain[0] > 0 else 'not ahead of'
     return '\n'.join([
         '# CIFAR-10-LT (rho = 100): the official 200-epoch LDAM-DRW recipe with and without RSG',
@@ -125,8 +127,7 @@ def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame
         "the 10,000 CIFAR-10 test images, **last epoch** (the zoo's weights). The best epoch is chosen on the same "
         'test split, as the official code and the papers report it: given for comparison only.',
         '',
-        markdown_table(['run', 'top-1', 'many', 'medium', 'few', 'best top-1 (epoch)', 'paper (best epoch)',
-                        'commit'], rows),
+        markdown_table(['run', 'top-1', 'many', 'medium', 'few', 'best top-1 (epoch)', 'paper (best epoch)'], rows),
         '',
         f'At this seed RSG is **{verdict}** the baseline: {gain[0]:+.2f} points top-1 (last epoch).',
         '',
@@ -138,15 +139,20 @@ def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame
         '',
         _per_class_table(runs),
         '',
+        *[f'![{name}]({name})' + '\n' for name in figures],
+        '## How they were trained',
+        '',
+        *[f'- {tags[method]}: {line}' for method in ('ldam_drw', 'ldam_drw_rsg') for line in notes[method][1:]],
+        '',
         f'Written by `python benchmarks/ship_paper_runs.py` from `{runs["ldam_drw"].run_dir}` and '
         f'`{runs["ldam_drw_rsg"].run_dir}`.',
         '',
     ])
 
 
-def ship(rsg_run: Path, plain_run: Path, *, pretrained_dir: Path = PRETRAINED_DIR,
-         results: Optional[Path] = REPO / 'benchmarks' / 'results' / 'paper_runs.md', dry_run: bool = False) -> str:
-    """Check, add to the zoo, retire the old tags and write the results page; returns the page."""
+def ship(rsg_run: Path, plain_run: Path, *, pretrained_dir: Path = PRETRAINED_DIR, card: str = 'cifar10_lt_r100.md',
+         dry_run: bool = False) -> str:
+    """Check, add to the zoo, retire the old tags and write the tags' model card; returns the card."""
     runs = {'ldam_drw_rsg': read_run(rsg_run), 'ldam_drw': read_run(plain_run)}
     for run in runs.values():
         _check_finished(run)
@@ -157,17 +163,17 @@ def ship(rsg_run: Path, plain_run: Path, *, pretrained_dir: Path = PRETRAINED_DI
     commits = paper_run_commits()
     images = int(runs['ldam_drw_rsg'].per_class['train_count'].sum())
     arch = None
-    tags = {}
+    tags, all_notes = {}, {}
     for method, run in runs.items():
         history, first = histories[method], int(run.summary['epoch'].iloc[0])
         hours = {f'epochs {first}-{int(history["epoch"].iloc[-1])}': _compute_hours(run.summary, images)}
         if first:
             shared = runs['ldam_drw_rsg'].summary.iloc[:first]
             hours[f'epochs 0-{first - 1}, shared with the RSG run'] = _compute_hours(shared, images)
-        notes = _notes(method, run, history.iloc[-1], _best(history), commits[method], hours)
+        notes = all_notes[method] = [*_notes(method, run, history.iloc[-1], _best(history), commits[method], hours),
+                                     f'model card: rsg_timm/pretrained/{card}']
         if dry_run:
             tags[method] = f'<arch>.{TAGS[method]}'
-            print('\n'.join(notes))
             continue
         tags[method], _ = add_pretrained(run.run_dir, TAGS[method], notes=notes, run_notes=False, replace=True,
                                          pretrained_dir=pretrained_dir)
@@ -176,10 +182,15 @@ def ship(rsg_run: Path, plain_run: Path, *, pretrained_dir: Path = PRETRAINED_DI
         for tag in RETIRED:
             if f'{arch}.{tag}' in load_pretrained_tags(pretrained_dir):
                 remove_pretrained(f'{arch}.{tag}', pretrained_dir)
-    page = results_page(runs, histories, tags, commits)
-    if results is not None and not dry_run:
-        results.parent.mkdir(parents=True, exist_ok=True)
-        results.write_text(page, encoding='utf-8')
+    figures = []
+    if not dry_run:
+        for method, run in runs.items():
+            name = f'{Path(card).stem}_{method}_per_class.png'
+            if plot_per_class_accuracy(run.per_class, str(Path(pretrained_dir) / name)):
+                figures.append(name)
+    page = results_page(runs, histories, tags, all_notes, figures)
+    if not dry_run:
+        (Path(pretrained_dir) / card).write_text(page, encoding='utf-8')
     return page
 
 

@@ -1,5 +1,7 @@
 """benchmarks/ship_paper_runs.py on a miniature of the paper runs: an RSG run, a plain run forked off it, a zoo with
 the tags they replace."""
+import importlib.util
+
 import pandas as pd
 import pytest
 
@@ -25,8 +27,7 @@ def test_ship_adds_the_tags_retires_the_old_ones_and_writes_the_page(trained_run
     zoo = tmp_path / 'zoo'
     for retired in ship.RETIRED:
         add_pretrained(trained_run.dir, retired, pretrained_dir=zoo)
-    page_path = tmp_path / 'paper_runs.md'
-    page = ship.ship(trained_run.dir, forked_plain_run, pretrained_dir=zoo, results=page_path)
+    page = ship.ship(trained_run.dir, forked_plain_run, pretrained_dir=zoo)
 
     tags = load_pretrained_tags(zoo)
     assert sorted(tags) == ['cifar_resnet32.ldam_drw_cifar10_lt_r100', 'cifar_resnet32.ldam_drw_rsg_cifar10_lt_r100']
@@ -37,15 +38,23 @@ def test_ship_adds_the_tags_retires_the_old_ones_and_writes_the_page(trained_run
     best = max(rsg['eval_top1'].iloc[0], plain['eval_top1'].iloc[-1])
     assert plain_notes[0].startswith(f'top-1 {plain["eval_top1"].iloc[-1]:.2f} (last epoch 1;')
     assert f'best-on-test {best:.2f}' in plain_notes[0] and 'paper (best epoch) 77.03' in plain_notes[0]
-    assert 'epochs 0-0 are those of the LDAM-DRW + RSG run' in plain_notes[-1]
+    assert 'epochs 0-0 are those of the LDAM-DRW + RSG run' in plain_notes[2]
+    assert plain_notes[-1] == 'model card: rsg_timm/pretrained/cifar10_lt_r100.md'
     assert 'at commit ' in plain_notes[1] and 'configs/plain.yaml' in plain_notes[1]
     rsg_notes = tags['cifar_resnet32.ldam_drw_rsg_cifar10_lt_r100']['notes']
-    assert rsg_notes[0].startswith(f'top-1 {rsg["eval_top1"].iloc[-1]:.2f} (last epoch 1;') and len(rsg_notes) == 2
+    assert rsg_notes[0].startswith(f'top-1 {rsg["eval_top1"].iloc[-1]:.2f} (last epoch 1;') and len(rsg_notes) == 3
 
-    assert page_path.read_text() == page
+    assert (zoo / 'cifar10_lt_r100.md').read_text() == page  # the card ships beside the weights
+    assert f'- cifar_resnet32.ldam_drw_cifar10_lt_r100: {plain_notes[1]}' in page  # command, commit, compute
     gain = rsg['eval_top1'].iloc[-1] - plain['eval_top1'].iloc[-1]
     assert f'| RSG minus baseline | {gain:.2f} |' in page and 'paper (best epoch)' in page
     assert page.count('\n| 9 | c9 | 2 | few |') == 1  # the per-class table, rarest class last
+    plots = sorted(p.name for p in zoo.glob('*.png'))
+    if importlib.util.find_spec('matplotlib') is None:  # the [plot] extra draws accuracy against training images
+        assert plots == [] and '.png)' not in page
+    else:
+        assert plots == ['cifar10_lt_r100_ldam_drw_per_class.png', 'cifar10_lt_r100_ldam_drw_rsg_per_class.png']
+        assert all(f'![{name}]({name})' in page for name in plots)
 
 
 def test_ship_refuses_unfinished_or_unrelated_runs(trained_run, forked_plain_run, tmp_path):
