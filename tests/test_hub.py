@@ -1,4 +1,5 @@
 """Hub push (dry run and a mocked HfApi), pulling from an offline Hub cache, and the pretrained-tag model zoo."""
+import importlib.util
 import json
 import os
 import shutil
@@ -43,7 +44,11 @@ def _files(folder):
 
 
 def test_dry_run_stages_export_card_and_records(run_dir, staged):
-    assert sorted(os.listdir(staged)) == STAGED
+    figures = [name for name in ('curves.png', 'per_class.png') if (run_dir / name).is_file()]  # [plot] extra
+    assert sorted(os.listdir(staged)) == sorted(STAGED + figures)
+    if importlib.util.find_spec('matplotlib') is not None:
+        card = (staged / 'README.md').read_text()
+        assert len(figures) == 2 and all(f']({name})' in card for name in figures)
     for name in ('config.json', 'model.safetensors', 'summary.csv', 'per_class.csv'):
         assert (staged / name).read_bytes() == (run_dir / name).read_bytes(), name
     recipe = yaml.safe_load((staged / 'args.yaml').read_text())
