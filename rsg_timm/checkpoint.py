@@ -10,7 +10,7 @@ import logging
 import os
 import pickle
 import shutil
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -120,10 +120,11 @@ class RunState:
     """A run's checkpoint state: the model's and what rsg_timm adds to timm's checkpoints (:func:`checkpoint_extras`);
     handed to ``CheckpointSaver`` as its ``task``."""
 
-    def __init__(self, model, class_counts, label_names):
+    def __init__(self, model: nn.Module, class_counts: Optional[Sequence[int]],
+                 label_names: Optional[Sequence[str]]):
         self.model, self.class_counts, self.label_names = model, class_counts, label_names
 
-    def get_checkpoint_state(self, ema: bool = False, unwrap_fn=unwrap_model) -> dict:
+    def get_checkpoint_state(self, ema: bool = False, unwrap_fn: Callable = unwrap_model) -> Dict[str, Any]:
         if ema:
             return {}
         state = {'state_dict': get_state_dict(self.model, unwrap_fn)}
