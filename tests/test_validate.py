@@ -15,7 +15,8 @@ from helpers import REPO_DIR, load_script
 
 train_script = load_script('train.py')
 validate_script = load_script('validate.py')
-ZOO_TAG = 'cifar_resnet32.ldam_drw_rsg_cifar10_lt_r100_cpu20e'
+# the shipped LDAM-DRW + RSG tag (cosine head) of CIFAR-10-LT rho=100, whichever schedule it was trained with
+ZOO_TAG = min(name for name in load_pretrained_tags() if '.ldam_drw_rsg_cifar10_lt_r100' in name)
 SHARED_DATA = os.path.join(os.path.dirname(REPO_DIR), 'shared', 'data')
 
 
