@@ -2,7 +2,9 @@
 adjustment works on cosine-head (LDAM) models."""
 import json
 import logging
+import math
 import os
+import re
 
 import pytest
 import torch
@@ -104,3 +106,30 @@ def test_balanced_test_split_is_not_logged_as_cut(caplog):
     CifarLT(SHARED_DATA, train=False)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith('CIFAR-10-LT test'))
     assert line.startswith('CIFAR-10-LT test: 10000 images, balanced')
+
+
+def _noted_last_epoch(entry: dict) -> dict:
+    """The last-epoch numbers a zoo tag's first note states: 'top-1 X (last epoch N; many X, medium X, few X)'."""
+    note = entry['notes'][0]
+    numbers = dict(re.findall(r'(top-1|many|medium|few) (\d+\.\d+|nan)', note.split(');')[0]))
+    return {('top1' if k == 'top-1' else k): float(v) for k, v in numbers.items()}
+
+
+CIFAR10_LT_TAGS = sorted(name for name, entry in load_pretrained_tags().items()
+                         if entry.get('train_args', {}).get('dataset') == 'cifar10_lt')
+
+
+@pytest.mark.slow  # about 50 s a tag on one busy CPU thread; run it when shipping a tag (RSG_TIMM_SLOW=1)
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DATA, 'cifar10_test.npz')),
+                    reason=f'real CIFAR-10 not found: needs {SHARED_DATA}/cifar10_test.npz')
+@pytest.mark.parametrize('tag', CIFAR10_LT_TAGS)
+def test_zoo_tags_reproduce_their_numbers_on_the_cifar10_test_images(tag):
+    """validate.py on the 10,000 test images gives, to the notes' two decimals, what the tag says it scores."""
+    noted = _noted_last_epoch(load_pretrained_tags()[tag])
+    result = validate_script.main(['--model', tag, '--data-dir', SHARED_DATA, '-b', '500', '-j', '0'])
+    assert set(noted) == {'top1', 'many', 'medium', 'few'}
+    for key, value in noted.items():
+        if math.isnan(value):  # no class in that group
+            assert result[key] is None or math.isnan(result[key]), key
+        else:
+            assert round(result[key], 2) == value, key
