@@ -9,7 +9,8 @@ exports) and the **best test epoch** (what the official RSG / LDAM-DRW code repo
 to it) are given, labelled. A finished run folder is reused, so an interrupted reproduction picks up where it stopped.
 
 ``--epochs E`` scales the 200-epoch schedule as train.py does (``rsg_timm.recipes.scaled_schedule``: LR decay from
-80% and 90% in, DRW from 80%, RSG generation after 80% minus one), passing those flags explicitly. Arguments after ``--`` go to every train.py run.
+80% and 90% in, DRW from 80%, RSG generation after 80% minus one), passing those flags explicitly. Arguments after
+``--`` go to every train.py run.
 """
 import argparse
 import importlib.util

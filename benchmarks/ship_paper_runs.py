@@ -86,7 +86,8 @@ def _notes(method: str, run: TrainingRun, last: pd.Series, best: pd.Series, comm
     notes = [
         f'top-1 {last["eval_top1"]:.2f} (last epoch {int(last["epoch"])}; {shots}); best-on-test '
         f'{best["eval_top1"]:.2f} at epoch {int(best["epoch"])}; paper (best epoch) {PAPER_TOP1[method]:.2f}',
-        f'trained with: python train.py --config configs/{run.run_dir.name}.yaml --data-dir DATA --channels-last, at commit '
+        f'trained with: python train.py --config configs/{run.run_dir.name}.yaml --data-dir DATA --channels-last, '
+        f'at commit '
         f'{commit}, on a 2-core CPU (benchmarks/paper_runs.sh); training steps '
         + ', '.join(f'{k}: {v:.1f} h' for k, v in hours.items()),
     ]

@@ -20,9 +20,9 @@ from timm.models import clean_state_dict
 from timm.models.resnet import ResNet
 from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 
-from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
-from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check_state_dict_fits, has_cosine_classifier, \
-    is_rsg_model, linear_to_cosine, set_cosine_classifier
+from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
+from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check_state_dict_fits, \
+    has_cosine_classifier, linear_to_cosine, set_cosine_classifier, unwrap_checkpoint
 
 __all__ = ['CheckpointError', 'RunCheckpointSaver', 'RunState', 'checkpoint_extras', 'find_resume_checkpoint',
            'load_training_checkpoint', 'create_eval_model', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT']
@@ -279,9 +279,7 @@ def create_eval_model(
     model = timm.create_model(model_name, **create_kwargs)
     if checkpoint.get(COSINE_CLASSIFIER_KEY):
         set_cosine_classifier(model)
-    state_dict = checkpoint['state_dict']
-    if not is_rsg_model(model):  # an rsg_* run's checkpoint also evaluates as its plain backbone
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(RSG_KEY_PREFIX)}
+    state_dict = unwrap_checkpoint(checkpoint['state_dict'], model)  # an rsg_* run's also loads as its backbone
     check_state_dict_fits(state_dict, model, repr(checkpoint_path))
     model.load_state_dict(state_dict)
     return model, checkpoint.get(CLASS_COUNTS_KEY), checkpoint.get(LABEL_NAMES_KEY)

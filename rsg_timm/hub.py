@@ -2,8 +2,9 @@
 
 ``python -m rsg_timm.hub push RUN_DIR --repo-id ORG/NAME [--private] [--dry-run OUT_DIR]`` stages the run with
 :func:`rsg_timm.export.export_run` (the backbone export, a model card and the run's records) in a temporary folder,
-then uploads that folder with ``huggingface_hub.HfApi``. ``--dry-run OUT_DIR`` writes the staged files to OUT_DIR (new or empty, so nothing there is
-overwritten and it holds exactly what a push uploads) instead and touches no network.
+then uploads that folder with ``huggingface_hub.HfApi``. ``--dry-run OUT_DIR`` writes the staged files to OUT_DIR
+(new or empty, so nothing there is overwritten and it holds exactly what a push uploads) instead and touches no
+network.
 The result loads with ``timm.create_model('hf-hub:ORG/NAME', pretrained=True)`` and
 ``python validate.py --model hf-hub:ORG/NAME``.
 

@@ -38,7 +38,10 @@ def _trained(name: str, size: int = 64, **kwargs):
     x, y = torch.randn(8, 3, size, size), torch.tensor([0, 0, 0, 1, 1, 2, 3, 4])
     model.train()
     out = model(x, target=y) if hasattr(model, 'rsg') else model(x)
-    loss = criterion(out.logits, out.target) + sum(out.aux_losses.values()) if hasattr(model, 'rsg') else criterion(out, y)
+    if hasattr(model, 'rsg'):
+        loss = criterion(out.logits, out.target) + sum(out.aux_losses.values())
+    else:
+        loss = criterion(out, y)
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)

@@ -35,8 +35,8 @@ import timm
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, get_pretrained_cfg, model_entrypoint, \
-    register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, get_pretrained_cfg, \
+    model_entrypoint, register_model
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn as _convnext_filter_fn
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
