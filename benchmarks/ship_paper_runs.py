@@ -18,12 +18,16 @@
 ``--dry-run`` prints the page and changes no zoo file.
 """
 import argparse
+import os
+import platform
 import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
+import timm
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / 'benchmarks')]
@@ -80,6 +84,16 @@ def _compute_hours(summary: pd.DataFrame, images_per_epoch: int) -> float:
     return float((images_per_epoch / summary['train_images_per_sec']).sum() / 3600)
 
 
+def machine() -> str:
+    """This machine in words (the runs train and ship on the same one): CPU model, cores, GPU, torch and timm."""
+    cpuinfo = Path('/proc/cpuinfo')
+    names = [line.split(':', 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith('model name')] if cpuinfo.is_file() else []
+    cpu = names[0] if names else (platform.processor() or platform.machine())
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
+    return f'{cpu}, {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__}, timm {timm.__version__}'
+
+
 def _notes(method: str, run: TrainingRun, last: pd.Series, best: pd.Series, commit: str,
            hours: Dict[str, float]) -> List[str]:
     shots = ', '.join(f'{k} {last[f"eval_{k}"]:.2f}' for k in ('many', 'medium', 'few'))
@@ -87,8 +101,7 @@ def _notes(method: str, run: TrainingRun, last: pd.Series, best: pd.Series, comm
         f'top-1 {last["eval_top1"]:.2f} (last epoch {int(last["epoch"])}; {shots}); best-on-test '
         f'{best["eval_top1"]:.2f} at epoch {int(best["epoch"])}; paper (best epoch) {PAPER_TOP1[method]:.2f}',
         f'trained with: python train.py --config configs/{run.run_dir.name}.yaml --data-dir DATA --channels-last, '
-        f'at commit '
-        f'{commit}, on a 2-core CPU (benchmarks/paper_runs.sh); training steps '
+        f'at commit {commit}, on {machine()} (benchmarks/paper_runs.sh); training steps '
         + ', '.join(f'{k}: {v:.1f} h' for k, v in hours.items()),
     ]
     first = int(run.summary['epoch'].iloc[0])

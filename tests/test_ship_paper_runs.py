@@ -4,6 +4,8 @@ import importlib.util
 
 import pandas as pd
 import pytest
+import timm
+import torch
 
 from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags
 from rsg_timm.run_folder import TrainingRun, read_run
@@ -41,6 +43,8 @@ def test_ship_adds_the_tags_retires_the_old_ones_and_writes_the_page(trained_run
     assert 'epochs 0-0 are those of the LDAM-DRW + RSG run' in plain_notes[2]
     assert plain_notes[-1] == 'model card: rsg_timm/pretrained/cifar10_lt_r100.md'
     assert 'at commit ' in plain_notes[1] and 'configs/plain.yaml' in plain_notes[1]
+    assert f'on {ship.machine()} (benchmarks/paper_runs.sh)' in plain_notes[1]  # the hardware and software
+    assert 'CPU cores, ' in ship.machine() and f'; torch {torch.__version__}, timm {timm.__version__}' in ship.machine()
     rsg_notes = tags['cifar_resnet32.ldam_drw_rsg_cifar10_lt_r100']['notes']
     assert rsg_notes[0].startswith(f'top-1 {rsg["eval_top1"].iloc[-1]:.2f} (last epoch 1;') and len(rsg_notes) == 3
 
