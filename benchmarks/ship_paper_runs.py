@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / 'benchmarks')]
 
 from rsg_timm.cli import run_cli  # noqa: E402
+from rsg_timm.constants import FEW_SHOT_MAX  # noqa: E402
 from rsg_timm.metrics import plot_per_class_accuracy  # noqa: E402
 from rsg_timm.model_card import markdown_table  # noqa: E402
 from rsg_timm.models.pretrained import PRETRAINED_DIR, add_pretrained, load_pretrained_tags, \
@@ -121,6 +122,20 @@ def _per_class_table(runs: Dict[str, TrainingRun]) -> str:
                           rows)
 
 
+def _shown(path: Path) -> str:
+    """A run folder as the page shows it: relative to the repository when inside it (no machine paths)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
+def _empty_groups(per_class: pd.DataFrame) -> List[str]:
+    """Why a group reads n/a: at CIFAR-10-LT rho = 100 the rarest class has 50 images, so no class is few-shot."""
+    if (per_class['shot'] == 'few').any():
+        return []
+    return [f'No class has fewer than {FEW_SHOT_MAX} training images (the rarest has '
+            f'{int(per_class["train_count"].min())}), so the few-shot group is empty: n/a.', '']
+
+
 def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame], tags: Dict[str, str],
                  notes: Dict[str, List[str]], figures: Sequence[str] = ()) -> str:
     """The Markdown model card of the two tags."""
@@ -145,6 +160,7 @@ def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame
         '',
         f'At this seed RSG is **{verdict}** the baseline: {gain[0]:+.2f} points top-1 (last epoch).',
         '',
+        *_empty_groups(runs['ldam_drw'].per_class),
         f"The LDAM-DRW run's epochs 0-{first - 1} are the RSG run's: it was forked from the RSG run's "
         f'epoch-{first - 1} checkpoint (`train.py --fork`), which equals a straight LDAM-DRW run bit for bit before '
         'RSG generates samples (`tests/test_fork.py`).',
@@ -156,10 +172,11 @@ def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame
         *[f'![{name}]({name})' + '\n' for name in figures],
         '## How they were trained',
         '',
-        *[f'- {tags[method]}: {line}' for method in ('ldam_drw', 'ldam_drw_rsg') for line in notes[method][1:]],
+        *[f'- {tags[method]}: {line}' for method in ('ldam_drw', 'ldam_drw_rsg') for line in notes[method][1:]
+          if not line.startswith('model card:')],
         '',
-        f'Written by `python benchmarks/ship_paper_runs.py` from `{runs["ldam_drw"].run_dir}` and '
-        f'`{runs["ldam_drw_rsg"].run_dir}`.',
+        f'Written by `python benchmarks/ship_paper_runs.py` from `{_shown(runs["ldam_drw"].run_dir)}` and '
+        f'`{_shown(runs["ldam_drw_rsg"].run_dir)}`.',
         '',
     ])
 

@@ -1,5 +1,6 @@
 """benchmarks/ship_paper_runs.py on a miniature of the paper runs: an RSG run, a plain run forked off it, a zoo with
 the tags they replace."""
+import dataclasses
 import importlib.util
 
 import pandas as pd
@@ -53,6 +54,8 @@ def test_ship_adds_the_tags_retires_the_old_ones_and_writes_the_page(trained_run
     gain = rsg['eval_top1'].iloc[-1] - plain['eval_top1'].iloc[-1]
     assert f'| RSG minus baseline | {gain:.2f} |' in page and 'paper (best epoch)' in page
     assert page.count('\n| 9 | c9 | 2 | few |') == 1  # the per-class table, rarest class last
+    assert 'model card:' not in page and 'few-shot group is empty' not in page  # the card does not cite itself
+    assert f'from `{forked_plain_run.name}` and `{trained_run.dir.name}`.' in page  # no machine paths
     plots = sorted(p.name for p in zoo.glob('*.png'))
     if importlib.util.find_spec('matplotlib') is None:  # the [plot] extra draws accuracy against training images
         assert plots == [] and '.png)' not in page
@@ -79,3 +82,17 @@ def test_ship_refuses_unfinished_or_unrelated_runs(trained_run, forked_plain_run
 def test_commits_come_from_the_driver():
     commits = ship.paper_run_commits()
     assert set(commits) == {'ldam_drw', 'ldam_drw_rsg'} and all(len(c) >= 7 for c in commits.values())
+
+
+def test_page_says_why_a_group_is_empty(trained_run, forked_plain_run):
+    runs = {'ldam_drw_rsg': read_run(trained_run.dir), 'ldam_drw': read_run(forked_plain_run)}
+    for method, run in runs.items():  # CIFAR-10-LT at rho = 100: the rarest class has 50 images, none is few-shot
+        few = run.per_class['shot'] == 'few'
+        runs[method] = dataclasses.replace(run, per_class=run.per_class.assign(
+            shot=run.per_class['shot'].mask(few, 'medium'), train_count=run.per_class['train_count'].mask(few, 50)))
+    histories = {'ldam_drw_rsg': runs['ldam_drw_rsg'].summary,
+                 'ldam_drw': ship.forked_history(runs['ldam_drw'], runs['ldam_drw_rsg'])}
+    notes = {method: ['', ''] for method in runs}
+    page = ship.results_page(runs, histories, ship.TAGS, notes)
+    rarest = runs['ldam_drw'].per_class['train_count'].min()
+    assert f'No class has fewer than 20 training images (the rarest has {rarest}), so the few-shot group is empty' in page
