@@ -209,3 +209,12 @@ def test_shipped_tags_load_offline(name):
     entry = load_pretrained_tags()[name]
     model = timm.create_model(name, pretrained=True)
     assert model.num_classes == entry['num_classes'] and torch.isfinite(_logits(model)).all()
+
+
+@pytest.mark.parametrize('name', ['cifar_resnet32.ldam_drw_cifar10_lt_r100_cpu20e',
+                                  'cifar_resnet32.ldam_drw_rsg_cifar10_lt_r100_cpu20e'])
+def test_retired_tags_are_not_offered(name):
+    """The 20-epoch tags gave way to the 200-epoch recipe's: a weak checkpoint in a zoo misleads."""
+    assert name not in load_pretrained_tags() and name not in timm.list_pretrained()
+    with pytest.raises(RuntimeError, match='Invalid pretrained tag'):
+        timm.create_model(name, pretrained=True)
