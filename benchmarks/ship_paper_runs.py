@@ -172,8 +172,7 @@ def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame
         *[f'![{name}]({name})' + '\n' for name in figures],
         '## How they were trained',
         '',
-        *[f'- {tags[method]}: {line}' for method in ('ldam_drw', 'ldam_drw_rsg') for line in notes[method][1:]
-          if not line.startswith('model card:')],
+        *[f'- {tags[method]}: {line}' for method in ('ldam_drw', 'ldam_drw_rsg') for line in notes[method][1:]],
         '',
         f'Written by `python benchmarks/ship_paper_runs.py` from `{_shown(runs["ldam_drw"].run_dir)}` and '
         f'`{_shown(runs["ldam_drw_rsg"].run_dir)}`.',
@@ -201,8 +200,8 @@ def ship(rsg_run: Path, plain_run: Path, *, pretrained_dir: Path = PRETRAINED_DI
         if first:
             shared = runs['ldam_drw_rsg'].summary.iloc[:first]
             hours[f'epochs 0-{first - 1}, shared with the RSG run'] = _compute_hours(shared, images)
-        notes = all_notes[method] = [*_notes(method, run, history.iloc[-1], _best(history), commits[method], hours),
-                                     f'model card: rsg_timm/pretrained/{card}']
+        all_notes[method] = _notes(method, run, history.iloc[-1], _best(history), commits[method], hours)
+        notes = [*all_notes[method], f'model card: rsg_timm/pretrained/{card}']  # the tag points at the card
         if dry_run:
             tags[method] = f'<arch>.{TAGS[method]}'
             continue
