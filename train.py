@@ -27,6 +27,7 @@ from rsg_timm.cli import run_cli
 from rsg_timm.checkpoint import RunCheckpointSaver, RunState, find_resume_checkpoint, load_training_checkpoint
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
     list_lt_datasets, list_samplers, sampler_kwargs
+from rsg_timm.data_parallel import EmulatedDataParallel
 from rsg_timm.engine import check_divergence, evaluate, format_loss_terms, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
@@ -91,6 +92,11 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--drop', type=float, default=None, help='dropout before the classifier')
     group.add_argument('--drop-path', type=float, default=None, help='stochastic depth (timm ResNets)')
     group.add_argument('-b', '--batch-size', type=int, default=128, help='per process')
+    group.add_argument('--dp-replicas', type=int, default=1, metavar='N',
+                       help='train as nn.DataParallel over N GPUs computes, on one device (the official RSG CIFAR '
+                            'runs used 2): BatchNorm and RSG on each 1/N of the batch, running statistics of the '
+                            "first share, auxiliary losses averaged over shares, RSG's contrastive module not "
+                            'frozen; 1: one device')
     group.add_argument('-vb', '--validation-batch-size', type=int, default=None)
     group.add_argument('--channels-last', action='store_true')
     group.add_argument('--grad-checkpointing', action='store_true')
@@ -282,6 +288,7 @@ def _describe_run(args: argparse.Namespace, model: torch.nn.Module, device: torc
         f'device     {device} x {args.world_size}, {torch.get_num_threads()} threads, '
         f'{"AMP " + str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"}, '
         f'channels-last {"on" if args.channels_last else "off"}'
+        f'{f", nn.DataParallel semantics over {args.dp_replicas} shares" if args.dp_replicas != 1 else ""}'
         f'{", torch.compile " + args.torchcompile if args.torchcompile else ""}',
     ]
     if is_rsg_model(model):
@@ -364,9 +371,11 @@ def main(argv=None) -> dict:
     if start_epoch:
         lr_scheduler.step(start_epoch)
     train_model = model
+    if args.dp_replicas != 1:
+        train_model = EmulatedDataParallel(model, args.dp_replicas)
     if args.distributed:  # RSG trains different parameters in each phase, so some are unused in a step
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == 'cuda' else None,
+            train_model, device_ids=[device] if device.type == 'cuda' else None,
             find_unused_parameters=is_rsg_model(model))
 
     run = RunState(model, class_counts, label_names)

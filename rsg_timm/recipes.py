@@ -69,6 +69,9 @@ def resolve_recipe(args: argparse.Namespace) -> None:
     for name, value in scaled_schedule(args.epochs).items():
         if getattr(args, name) is None and (is_rsg or name != 'rsg_epoch_thresh'):
             setattr(args, name, value)
+    if getattr(args, 'dp_replicas', 1) < 1:  # absent from checkpoints older than the flag (--fork)
+        raise ValueError(f'--dp-replicas {args.dp_replicas}: pass the number of DataParallel replicas to emulate '
+                         f'(1 for one device, 2 for the official two-GPU CIFAR runs)')
     if args.select_on == 'val' and args.val_split == args.test_split:
         raise ValueError(f'--select-on val picks the epoch on --val-split and tests it on --test-split, but both are '
                          f'{args.val_split!r}: pass --val-split val (a split apart from the test split)')

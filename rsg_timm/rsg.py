@@ -11,7 +11,9 @@ maths:
 * every MV segment is processed in one batched call instead of a Python loop (all segments have the same size,
   so the mean over segments of per-segment means is the mean over all pairs);
 * the contrastive module is frozen after the threshold by running it with detached weights, so
-  ``requires_grad`` never changes and DistributedDataParallel keeps a stable parameter set.
+  ``requires_grad`` never changes and DistributedDataParallel keeps a stable parameter set. Setting
+  ``freeze_contrastive = False`` keeps it training instead, as the official code does on ``nn.DataParallel``
+  replicas, where its freeze reaches no parameter (``rsg_timm.data_parallel``).
 
 The only host synchronisation is reading the head/tail counts, which fix the number of generated samples; the labels'
 range is asserted on the device. Every argument is checked when the module is built, not epochs later when generation
@@ -155,6 +157,7 @@ class RSG(nn.Module):
             nn.Flatten(1),
         )
         self.contrastive_fc = nn.Linear(D, 2, **dd)
+        self.freeze_contrastive = True  # the official single-device behaviour; see the module docstring
         self.register_buffer('head_mask', torch.zeros(num_classes, dtype=torch.bool, device=device), persistent=False)
         self.set_head_classes(head_class_lists)
         self._init_weights()
@@ -258,7 +261,7 @@ class RSG(nn.Module):
         eps = 1e-12  # F.normalize's
         cosines = (rows_u * rows_vt).sum(dim=1) / (norm_u.clamp_min(eps) * norm_vt.clamp_min(eps))
         direction = rows_u.numel() - cosines.sum()
-        pair_logits = self._pair_logits(g_head, v_t.to(g_head.dtype), frozen=True).float()
+        pair_logits = self._pair_logits(g_head, v_t.to(g_head.dtype), frozen=self.freeze_contrastive).float()
         n_pairs = a.numel()
         # Every segment holds the same number of pairs, so the mean of per-segment losses is the overall mean.
         loss_mv = F.cross_entropy(pair_logits, torch.zeros_like(a)) + (norm_gap + direction) / n_pairs
