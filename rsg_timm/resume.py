@@ -94,5 +94,16 @@ def fork_training_state(
     for name, param in model.named_parameters():
         state = source_optimizer.state.get(source_params[name])
         if state:
-            optimizer.state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+            optimizer.state[param] = {k: _state_like(v, param) for k, v in state.items()}
     return sorted(set(source_state) - set(own))
+
+
+def _state_like(value: Any, param: torch.Tensor) -> Any:
+    """A copy of one optimizer-state entry for ``param``: per-element buffers (momentum) on the parameter's device and
+    dtype, as the run's model may sit on a GPU while the source was read onto the CPU; scalars such as Adam's
+    ``step`` stay as they are."""
+    if not torch.is_tensor(value):
+        return value
+    if value.shape == param.shape:
+        return value.to(device=param.device, dtype=param.dtype, copy=True)
+    return value.clone()

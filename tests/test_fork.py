@@ -72,3 +72,23 @@ def test_fork_refuses_what_cannot_continue(extra, error, match, tiny_demo, tmp_p
     with pytest.raises(error, match=match):
         _run(tiny_demo, tmp_path, 'forked', '--epochs', '2', '--fork', str(tmp_path / 'rsg' / 'last.pth.tar'),
              *extra)
+
+
+def test_forked_momentum_follows_the_parameters_device_and_dtype():
+    """The source run is read onto the CPU while this run's model may sit on a GPU: the copied momentum must live
+    where its parameter does (a CPU buffer beside a CUDA parameter stopped the first forked GPU step). Checked through
+    the dtype, which the same conversion sets."""
+    import timm
+    from rsg_timm.resume import fork_training_state
+    source = timm.create_model('cifar_resnet20', num_classes=10)
+    source_opt = torch.optim.SGD(source.parameters(), lr=0.1, momentum=0.9)
+    source(torch.randn(2, 3, 32, 32)).sum().backward()
+    source_opt.step()
+    model = timm.create_model('cifar_resnet20', num_classes=10).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    fork_training_state(source, source_opt, model, optimizer)
+    for param in model.parameters():
+        buffer = optimizer.state[param]['momentum_buffer']
+        assert buffer.dtype == param.dtype and buffer.device == param.device
+    model(torch.randn(2, 3, 32, 32, dtype=torch.float64)).sum().backward()
+    optimizer.step()  # the foreach SGD step accepts the copied buffers
