@@ -115,6 +115,7 @@ def train_one_epoch(
     """
     model.train()
     with_target = _takes_target(model)
+    distributed = isinstance(model, nn.parallel.DistributedDataParallel)
     _set_epoch(unwrap_model(model), epoch)
     _set_epoch(loader, epoch)
     if reweight is not None:
@@ -145,8 +146,12 @@ def train_one_epoch(
         else:
             logits, loss_target, aux_losses = out.logits, out.target, out.aux_losses
         ce = criterion(logits.float(), loss_target)
-        loss = ce + sum(aux_losses.values()) if aux_losses else ce
+        aux = sum(aux_losses.values()) if aux_losses else 0.0
+        loss = ce + aux
         terms = dict(loss=loss, ce=ce, **aux_losses)
+        # what is differentiated: under DDP, the classifier loss as this process's share of one mean over every
+        # process's rows (RSG makes their counts differ), since DDP averages the processes' gradients
+        objective = ce * _share_of_global_mean(criterion, loss_target) + aux if distributed else loss
 
         # 4. stop before the update when the loss is not finite (one host read per step)
         if not torch.isfinite(loss):
@@ -154,14 +159,14 @@ def train_one_epoch(
 
         # 5-8. backward, clip, step, zero
         if loss_scaler is not None:
-            loss_scaler.scale(loss).backward()
+            loss_scaler.scale(objective).backward()
             if clip_grad is not None:
                 loss_scaler.unscale_(optimizer)
                 dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
             loss_scaler.step(optimizer)
             loss_scaler.update()
         else:
-            loss.backward()
+            objective.backward()
             if clip_grad is not None:
                 dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
             optimizer.step()
@@ -194,6 +199,19 @@ def train_one_epoch(
     correct = metrics.pop('correct', 0.0) * num_batches
     return dict(metrics, generated=generated / max(1, num_batches), top1=100.0 * correct / max(seen, 1),
                 lr=optimizer.param_groups[0]['lr'], images_per_sec=seen / max(elapsed, 1e-9))
+
+
+def _share_of_global_mean(criterion: nn.Module, target: torch.Tensor) -> torch.Tensor:
+    """``W_p * world / sum_q W_q`` for this process's mean denominator ``W_p`` (rows, or their summed class weights;
+    ``criterion.mean_denominator``): scaled by it, the processes' means average to one mean over all their rows.
+    A criterion without ``mean_denominator`` is taken to be a plain mean over rows."""
+    if hasattr(criterion, 'mean_denominator'):
+        local = criterion.mean_denominator(target).detach().float().reshape(())
+    else:
+        local = torch.tensor(float(target.shape[0]), device=target.device)
+    total = local.clone()
+    torch.distributed.all_reduce(total)
+    return local * torch.distributed.get_world_size() / total
 
 
 def _means(sums: Dict[str, torch.Tensor], count: int) -> Dict[str, float]:

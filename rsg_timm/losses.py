@@ -190,6 +190,13 @@ class _ClassWeightedLoss(nn.Module):
     def _cross_entropy(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = 'mean') -> torch.Tensor:
         return F.cross_entropy(logits, target, weight=self.weight, reduction=reduction)
 
+    def mean_denominator(self, target: torch.Tensor) -> torch.Tensor:
+        """What the batch mean divides by: the rows' summed class weights (PyTorch's weighted mean, class-index
+        targets), else the row count. DDP training rescales each process's mean by it to one mean over all rows."""
+        if self.weight is not None and target.dim() == 1:
+            return self.weight.to(target.device)[target].sum()
+        return torch.tensor(float(target.shape[0]), device=target.device)
+
 
 @register_loss('ce')
 class CrossEntropyLoss(_ClassWeightedLoss):
@@ -216,6 +223,10 @@ class FocalLoss(_ClassWeightedLoss):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ce = self._cross_entropy(self._prepare(logits), target, reduction='none')
         return ((1.0 - torch.exp(-ce)).pow(self.gamma) * ce).mean()
+
+    def mean_denominator(self, target: torch.Tensor) -> torch.Tensor:
+        """The row count: the class weights enter each row's term, the mean is a plain one."""
+        return torch.tensor(float(target.shape[0]), device=target.device)
 
     def extra_repr(self) -> str:
         return f'gamma={self.gamma}'
