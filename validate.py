@@ -6,7 +6,8 @@ Besides timm's top-1/top-5 it reports many/medium/few-shot accuracy (by training
 (``--model rsg_resnet32 --checkpoint output/train/RUN/last.pth.tar``; the plain backbone name works too), an exported
 backbone (``--model local-dir:output/train/RUN``), a Hub id (``--model hf-hub:ORG/NAME``) or a zoo tag. The dataset
 and the training profile come from what the model records (the checkpoint's arguments, the run's ``args.yaml``
-beside an export, a zoo tag's entry); a model that records none needs ``--dataset``. ``--logit-adjust`` and
+beside an export, a zoo tag's entry); a model that records none needs ``--dataset``. So do the image size, crop,
+interpolation, mean and std the run trained with: a checkpoint scores what its export scores. ``--logit-adjust`` and
 ``--tau-norm`` apply the post-hoc long-tail corrections, logit adjustment on the logits as the training loss saw them.
 """
 import argparse
@@ -16,7 +17,7 @@ import math
 import os
 from collections import OrderedDict
 from functools import partial
-from typing import Optional
+from typing import List, Optional
 
 import pandas as pd
 import torch
@@ -36,9 +37,14 @@ from rsg_timm.posthoc import has_cosine_classifier, logit_adjust, tau_normalize,
 
 _logger = logging.getLogger('validate')
 
+# timm's data-config flags; those a run recorded (train.py's arguments) are restored unless given.
+_DATA_CONFIG_FLAGS = ('img_size', 'input_size', 'crop_pct', 'mean', 'std', 'interpolation')
+_SIZE_FLAGS = ('img_size', 'input_size')
+
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description='rsg_timm long-tailed validation')
+    parser.add_argument('data', nargs='?', default=None, metavar='DIR', help='dataset root, as --data-dir (timm)')
     parser.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root (not needed for demo)')
     parser.add_argument('--dataset', default=None,
                         help=f'one of: {", ".join(list_lt_datasets())} (default: the one the model records; '
@@ -57,12 +63,21 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--pretrained', action='store_true', help='pretrained weights (implied without --checkpoint)')
     parser.add_argument('--num-classes', type=int, default=None)
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    group = parser.add_argument_group('Data config (default: what the run trained with, else the model\'s)')
+    group.add_argument('--img-size', type=int, default=None, metavar='N', help='input image size')
+    group.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'),
+                       help='input size, overrides --img-size')
+    group.add_argument('--crop-pct', type=float, default=None, help='centre-crop share of the resized image')
+    group.add_argument('--mean', type=float, nargs=3, default=None, metavar='MEAN', help='normalisation mean')
+    group.add_argument('--std', type=float, nargs=3, default=None, metavar='STD', help='normalisation std')
+    group.add_argument('--interpolation', default=None, help='resize interpolation')
     parser.add_argument('-b', '--batch-size', type=int, default=256)
     parser.add_argument('-j', '--workers', type=int, default=2)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', action='store_true')
     parser.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
     parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--log-freq', type=int, default=10, metavar='N', help='log progress every N batches (0: off)')
     parser.add_argument('--logit-adjust', type=float, default=None, metavar='TAU',
                         help='post-hoc logit adjustment: predict with S * logits - TAU * log(prior), S the scale '
                              'the training loss applied (LDAM: its s, read from the training arguments)')
@@ -129,6 +144,26 @@ def _resolve_dataset(args: argparse.Namespace, record: dict) -> None:
         args.data_dir = record['data_dir']
 
 
+def _restore_data_config(args: argparse.Namespace, record: dict) -> List[str]:
+    """Take the image size, crop, interpolation, mean and std the run trained with unless given (a size given in
+    either form replaces the recorded one); returns the flags restored."""
+    size_given = any(getattr(args, key) is not None for key in _SIZE_FLAGS)
+    restored = []
+    for key in _DATA_CONFIG_FLAGS:
+        if getattr(args, key) is None and record.get(key) is not None and not (size_given and key in _SIZE_FLAGS):
+            setattr(args, key, record[key])
+            restored.append(key)
+    return restored
+
+
+def _describe_data_config(data_config: dict, restored: List[str], source: str) -> str:
+    described = ', '.join(f'{k} {tuple(data_config[k]) if isinstance(data_config[k], (list, tuple)) else data_config[k]}'
+                          for k in ('input_size', 'interpolation', 'crop_pct', 'mean', 'std') if k in data_config)
+    flags = ', '.join('--' + k.replace('_', '-') for k in restored)
+    origin = f'{flags} as {source} was trained, the rest ' if restored else ''
+    return f'data config: {described} ({origin}from the flags given, else the model\'s defaults)'
+
+
 def _logit_scale(args: argparse.Namespace, model: torch.nn.Module, record: dict) -> float:
     """The factor the training loss applied to the logits; a cosine head with no recorded loss is refused."""
     if args.logit_scale is not None:
@@ -147,14 +182,20 @@ def _logit_scale(args: argparse.Namespace, model: torch.nn.Module, record: dict)
 def main(argv=None) -> dict:
     setup_default_logging()
     args = _build_parser().parse_args(argv)
+    if args.data is not None:
+        if args.data_dir is not None and args.data_dir != args.data:
+            raise ValueError(f'two dataset roots: {args.data} and --data-dir {args.data_dir}; pass one of them')
+        args.data_dir = args.data
     device = torch.device(args.device)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
 
+    _logger.info(f'loading {args.model}' + (f' with {args.checkpoint}' if args.checkpoint else ''))
     model, class_counts, label_names = create_eval_model(
         args.model, args.checkpoint, pretrained=args.pretrained or not args.checkpoint,
         num_classes=args.num_classes, **args.model_kwargs)
     record = _training_record(args.model, args.checkpoint, cache_dir=args.model_kwargs.get('cache_dir'))
     _resolve_dataset(args, record)
+    restored = _restore_data_config(args, record)
     model = strip_rsg(model)  # evaluation runs the deployable backbone; RSG adds nothing at test time
     logit_scale = _logit_scale(args, model, record) if args.logit_adjust is not None else None
     if args.tau_norm is not None:
@@ -172,17 +213,20 @@ def main(argv=None) -> dict:
         _logger.info(f'training class counts from the {args.dataset} profile (the model carries none)')
 
     data_config = resolve_data_config(vars(args), model=model)
+    _logger.info(_describe_data_config(data_config, restored, args.checkpoint or args.model))
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     loader = create_lt_loader(dataset, dataset_name=args.dataset, batch_size=args.batch_size, is_training=False,
                               data_config=data_config, device=device, num_workers=args.workers,
                               channels_last=args.channels_last)
+    _logger.info(f'evaluating {len(dataset)} {args.dataset} {args.split} images in {len(loader)} batches')
     transform = partial(logit_adjust, class_counts=class_counts, tau=args.logit_adjust, scale=logit_scale) \
         if args.logit_adjust is not None else None
     metrics, evaluator = evaluate(model, loader, device=device, num_classes=model.num_classes,
                                   class_counts=class_counts, label_names=label_names or list(dataset.classes),
-                                  amp_dtype=amp_dtype, channels_last=args.channels_last, logit_transform=transform)
+                                  amp_dtype=amp_dtype, channels_last=args.channels_last, logit_transform=transform,
+                                  log_interval=args.log_freq)
 
     results = OrderedDict(model=args.model, checkpoint=args.checkpoint)
     for key in ('top1', 'top5'):

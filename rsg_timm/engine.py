@@ -246,24 +246,28 @@ def evaluate(
         logit_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         progress: bool = False,
         distributed: bool = False,
+        log_interval: int = 0,
 ) -> Tuple[Dict[str, float], LongTailEvaluator]:
     """Evaluate a classifier: loss, top-1/top-5, many/medium/few, ECE.
 
     Args:
         logit_transform: optional post-hoc change of the logits (e.g. logit adjustment) before any metric.
         distributed: each rank saw a shard of the data; sum the statistics over ranks before computing.
+        log_interval: without ``progress``, log the batches done, the speed and the top-1 so far every this many
+            batches (0: never), so that a long evaluation shows it is alive.
 
     Returns:
         The metrics dict and the evaluator (per-class table, confusion matrix).
     """
     model.eval()
     evaluator = LongTailEvaluator(num_classes, class_counts=class_counts, label_names=label_names, device=device)
-    loss_sum = torch.zeros(2, device=device)  # summed loss, sample count
+    loss_sum = torch.zeros(3, device=device)  # summed loss, sample count, correct top-1
     batches = loader
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(loader, total=len(loader), desc='eval', leave=False, dynamic_ncols=True)
-    for images, target in batches:
+    start = time.perf_counter()
+    for step, (images, target) in enumerate(batches):
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
         if channels_last:
@@ -275,11 +279,16 @@ def evaluate(
             logits = logit_transform(logits)
         loss_sum[0] += nn.functional.cross_entropy(logits, target, reduction='sum')
         loss_sum[1] += target.numel()
+        loss_sum[2] += (logits.argmax(1) == target).sum()
         evaluator.update(logits, target)
+        if not progress and log_interval and (step + 1) % log_interval == 0:
+            _, seen, correct = loss_sum.tolist()  # host read: once per log line
+            _logger.info(f'eval batch {step + 1}/{len(loader)}: {seen / (time.perf_counter() - start):.0f} img/s, '
+                         f'top1 so far {100.0 * correct / max(seen, 1.0):.2f}')
     if distributed:
         torch.distributed.all_reduce(loss_sum)
         evaluator.synchronize()
-    total, count = loss_sum.tolist()  # host read: once per evaluation
+    total, count, _ = loss_sum.tolist()  # host read: once per evaluation
     metrics = {'loss': total / max(count, 1.0)}
     metrics.update(evaluator.compute())
     metrics = {k: (float('nan') if v is None else v) for k, v in metrics.items()}

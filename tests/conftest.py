@@ -8,8 +8,10 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import rsg_timm  # noqa: E402,F401  (registers the models)
 
@@ -28,6 +30,22 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope='session')
+def tiny_folder(tmp_path_factory):
+    """A long-tailed ImageFolder tree (``folder_lt``: train/ and val/) of 16x16 images whose colour depends on the
+    class: 8, 6, 4, 3 and six times 2 training images, one val image per class."""
+    root = tmp_path_factory.mktemp('folder_lt')
+    rng = np.random.default_rng(0)
+    train_counts = [8, 6, 4, 3, 2, 2, 2, 2, 2, 2]
+    for split, counts in (('train', train_counts), ('val', [1] * len(train_counts))):
+        for c, n in enumerate(counts):
+            os.makedirs(root / split / f'class{c}')
+            for i in range(n):
+                image = rng.integers(0, 60, (16, 16, 3)) + 19 * c
+                Image.fromarray(image.astype(np.uint8)).save(root / split / f'class{c}' / f'{i}.png')
+    return str(root)
 
 
 @pytest.fixture(scope='session')

@@ -8,11 +8,9 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
 
 from rsg_timm.export import save_pretrained, strip_rsg
 from rsg_timm.models import RSGOutput
@@ -112,23 +110,6 @@ def test_export_loads_in_plain_timm(name, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ train.py
-
-_TRAIN_COUNTS = [8, 6, 4, 3, 2, 2, 2, 2, 2, 2]
-
-
-@pytest.fixture(scope='module')
-def tiny_folder(tmp_path_factory):
-    """A long-tailed ImageFolder tree (train/ and val/) of 16x16 images whose colour depends on the class."""
-    root = tmp_path_factory.mktemp('folder_lt')
-    rng = np.random.default_rng(0)
-    for split, counts in (('train', _TRAIN_COUNTS), ('val', [1] * len(_TRAIN_COUNTS))):
-        for c, n in enumerate(counts):
-            os.makedirs(root / split / f'class{c}')
-            for i in range(n):
-                image = rng.integers(0, 60, (16, 16, 3)) + 19 * c
-                Image.fromarray(image.astype(np.uint8)).save(root / split / f'class{c}' / f'{i}.png')
-    return str(root)
-
 
 @pytest.mark.parametrize('name', FAMILY_RSG_MODELS)
 def test_train_through_both_rsg_phases(name, tiny_folder, tmp_path):

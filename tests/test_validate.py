@@ -133,3 +133,33 @@ def test_zoo_tags_reproduce_their_numbers_on_the_cifar10_test_images(tag):
             assert result[key] is None or math.isnan(result[key]), key
         else:
             assert round(result[key], 2) == value, key
+
+
+def test_a_checkpoint_scores_what_its_export_scores_at_the_trained_data_config(tiny_folder, tmp_path, caplog):
+    # test_resnet's own config is 160 px, crop 0.95, bilinear, mean/std 0.5: the run changes each of them, and the
+    # checkpoint (which records them only as training arguments) must be evaluated as the export (config.json) is.
+    out = tmp_path / 'runs'
+    data_config = ['--img-size', '32', '--crop-pct', '1.0', '--interpolation', 'bicubic',
+                   '--mean', '0.4', '0.45', '0.5', '--std', '0.2', '0.25', '0.3']
+    train_script.main(['--model', 'test_resnet', '--dataset', 'folder_lt', '--data-dir', tiny_folder, '--val-split',
+                       'val', '--output', str(out), '--experiment', 'run', '-b', '8', '--epochs', '1', '--lr', '0.01',
+                       '--warmup-epochs', '0', '-j', '0', '--no-progress', '--log-interval', '0', *data_config])
+    common = [tiny_folder, '--split', 'val', '-j', '0', '-b', '4', '--log-freq', '1']  # timm's positional data dir
+    with caplog.at_level(logging.INFO, logger='validate'):
+        by_checkpoint = validate_script.main(['--model', 'test_resnet', '--checkpoint', str(out / 'run' / 'last.pth.tar'),
+                                              *common])
+    exported = validate_script.main(['--model', f'local-dir:{out / "run"}', *common])
+    assert by_checkpoint['img_size'] == exported['img_size'] == 32
+    for key in ('loss', 'top1', 'ece'):
+        assert by_checkpoint[key] == pytest.approx(exported[key], rel=1e-6), key
+    assert 'data config: input_size (3, 32, 32), interpolation bicubic, crop_pct 1.0' in caplog.text
+    assert '(--img-size, --crop-pct, --mean, --std, --interpolation as ' in caplog.text  # restored, and said so
+    assert 'eval batch 1/3' in caplog.text  # progress every --log-freq batches
+    at_64 = validate_script.main(['--model', 'test_resnet', '--checkpoint', str(out / 'run' / 'last.pth.tar'),
+                                  *common, '--img-size', '64'])
+    assert at_64['img_size'] == 64 and at_64['loss'] != pytest.approx(by_checkpoint['loss'], rel=1e-6)
+
+
+def test_positional_data_dir_and_data_dir_must_agree(tmp_path):
+    with pytest.raises(ValueError, match='two dataset roots'):
+        validate_script.main(['A', '--data-dir', 'B', '--model', 'cifar_resnet20', '--dataset', 'demo'])
