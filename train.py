@@ -79,7 +79,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group('Model parameters')
     group.add_argument('--model', default='rsg_resnet32', help='any timm model; rsg_<arch> adds RSG to <arch>')
-    group.add_argument('--pretrained', action='store_true', help="start from the backbone's timm weights")
+    group.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=False,
+                       help="start from the backbone's timm weights (downloaded once, then from the Hugging Face "
+                            'cache)')
+    group.add_argument('--pretrained-path', default=None, metavar='FILE',
+                       help='start from these weights instead of the download, as timm: a .safetensors/.bin/.pth '
+                            'file of the backbone (a classifier of another class count is dropped); implies '
+                            '--pretrained')
+    group.add_argument('--initial-checkpoint', default='', metavar='PATH',
+                       help="load this checkpoint's weights into the model once built, as timm (a checkpoint of "
+                            'the same model, or of its backbone: RSG then starts fresh)')
     group.add_argument('--num-classes', type=int, default=None, help="default: the dataset's class count")
     group.add_argument('--resume', default='', metavar='RUN',
                        help="continue a run in its own folder: the folder or a checkpoint in it; the run's flags are "
@@ -342,7 +351,7 @@ def main(argv=None) -> dict:
     if args.num_classes is not None and args.num_classes != len(class_counts):
         raise ValueError(f'--num-classes {args.num_classes} but {args.dataset} has {len(class_counts)} classes')
 
-    model = create_recipe_model(args, len(class_counts), class_counts)
+    model = create_recipe_model(args, len(class_counts), class_counts, start_weights=not args.resume)
     data_config = resolve_data_config(vars(args), model=model)
     model.to(device)
     if args.channels_last:

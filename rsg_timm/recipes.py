@@ -11,6 +11,7 @@ Hacked together for rsg_timm; Apache-2.0.
 import argparse
 import difflib
 import logging
+import os
 from typing import Any, Dict, Sequence, Tuple
 
 import timm
@@ -19,7 +20,9 @@ import torch.nn as nn
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
-from .models import backbone_arch, is_rsg_model, set_cosine_classifier, supports_cosine_classifier
+from .checkpoint import load_training_checkpoint
+from .models import backbone_arch, check_state_dict_fits, fill_fresh_rsg, is_rsg_model, set_cosine_classifier, \
+    supports_cosine_classifier, unwrap_checkpoint
 
 __all__ = ['RSG_FLAGS', 'LATE_PHASE', 'LAST_DECAY', 'scaled_schedule', 'resolve_recipe', 'create_recipe_model',
            'create_recipe_optimizer', 'create_lr_scheduler']
@@ -80,9 +83,43 @@ def resolve_recipe(args: argparse.Namespace) -> None:
         raise ValueError(f'{", ".join(given)} need an rsg_* model; --model {args.model} has no RSG')
 
 
-def create_recipe_model(args: argparse.Namespace, num_classes: int, class_counts: Sequence[int]) -> nn.Module:
+def _load_initial_checkpoint(model: nn.Module, path: str) -> None:
+    """Every weight of ``path`` (a checkpoint of this model, or of its backbone: RSG then starts fresh)."""
+    state_dict = fill_fresh_rsg(unwrap_checkpoint(load_training_checkpoint(path)['state_dict'], model), model)
+    check_state_dict_fits(state_dict, model, f'--initial-checkpoint {path!r}')
+    model.load_state_dict(state_dict)
+    _logger.info(f'Loaded the weights of {path}')
+
+
+def _create_timm_model(args: argparse.Namespace, pretrained: bool, **kwargs) -> nn.Module:
+    """``timm.create_model``, with ``--pretrained-path`` as timm's train.py takes it and a download that fails
+    offline turned into one line that names the ways out."""
+    path = getattr(args, 'pretrained_path', None)  # absent from the args of checkpoints older than the flag
+    if pretrained and path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'--pretrained-path {path!r} does not exist; pass the weights file '
+                                    f'(.safetensors, .bin or .pth) of {backbone_arch(args.model)}')
+        # timm reads 'file' before its url or hub id; num_classes -1 drops a classifier of another size
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=path, num_classes=-1)
+    try:
+        return timm.create_model(args.model, pretrained=pretrained, **kwargs)
+    except OSError as e:  # huggingface_hub: not downloadable and not in its cache
+        if not pretrained or path:
+            raise
+        raise ValueError(f'--pretrained: the weights of {backbone_arch(args.model)} could not be downloaded and are '
+                         f'not in the Hugging Face cache ({type(e).__name__}); offline, pass --pretrained-path FILE '
+                         f'(a copy of the weights), or --no-pretrained to train from scratch') from None
+
+
+def create_recipe_model(args: argparse.Namespace, num_classes: int, class_counts: Sequence[int],
+                        start_weights: bool = True) -> nn.Module:
     """The model of resolved flags: timm's ``create_model`` plus the cosine head, RSG's class counts, grad
-    checkpointing and ``torch.compile`` of the backbone stages."""
+    checkpointing and ``torch.compile`` of the backbone stages.
+
+    ``start_weights``: load what the run starts from (``--pretrained``, ``--pretrained-path``,
+    ``--initial-checkpoint``); off for a model whose every weight is about to be restored (``--resume``, a fork's
+    source), which then needs neither the network nor those files.
+    """
     kwargs = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
     kwargs.update({k: getattr(args, k) for k in RSG_FLAGS if getattr(args, k) is not None})
     cifar_family = backbone_arch(args.model).startswith('cifar_resnet')
@@ -100,9 +137,12 @@ def create_recipe_model(args: argparse.Namespace, num_classes: int, class_counts
         if is_rsg_model(args.model):
             kwargs['rsg_init'] = 'backbone'
     kwargs = {k: v for k, v in dict(kwargs, **args.model_kwargs).items() if v is not None}
-    model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    pretrained = start_weights and (args.pretrained or bool(getattr(args, 'pretrained_path', None)))
+    model = _create_timm_model(args, pretrained, **kwargs)
     if cosine and not cifar_family:  # timm's entrypoints take no cosine option: swap the built head
         set_cosine_classifier(model)
+    if start_weights and getattr(args, 'initial_checkpoint', ''):
+        _load_initial_checkpoint(model, args.initial_checkpoint)
     if is_rsg_model(model):
         model.set_class_counts(class_counts)
     if args.grad_checkpointing:

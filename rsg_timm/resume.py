@@ -53,9 +53,8 @@ def fork_run(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, clas
         raise CheckpointError(f'--fork {path}: not a train.py checkpoint (no args or optimizer state); fork from a '
                               f'run\'s last.pth.tar or checkpoint-<epoch>.pth.tar')
     check_class_counts(checkpoint, class_counts, f'--fork {path}:', 'fork')
-    source_args = argparse.Namespace(**dict(vars(source_args), pretrained=False, torchcompile=None,
-                                            grad_checkpointing=False))
-    source = create_recipe_model(source_args, len(class_counts), class_counts)
+    source_args = argparse.Namespace(**dict(vars(source_args), torchcompile=None, grad_checkpointing=False))
+    source = create_recipe_model(source_args, len(class_counts), class_counts, start_weights=False)
     source.load_state_dict(checkpoint['state_dict'])
     source_optimizer = create_recipe_optimizer(source_args, source)
     source_optimizer.load_state_dict(checkpoint['optimizer'])

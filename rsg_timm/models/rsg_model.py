@@ -46,9 +46,8 @@ from timm.models.resnetv2 import ResNetV2
 from timm.utils import unwrap_model
 
 from ..rsg import RSG
-from ..constants import RSG_KEY_PREFIX
 from .cifar_resnet import CifarResNet, NormedLinear, checkpoint_filter_fn
-from .state_dict import check_state_dict_fits, unwrap_checkpoint
+from .state_dict import check_state_dict_fits, fill_fresh_rsg, unwrap_checkpoint
 
 __all__ = [
     'RSGOutput', 'RSGMixin', 'RSGResNet', 'RSGCifarResNet', 'RSGConvNeXt', 'RSGRegNet', 'RSGEfficientNet',
@@ -351,10 +350,7 @@ def _rsg_filter_fn(
 ) -> Dict[str, torch.Tensor]:
     """The backbone's filter, then fresh RSG values for a backbone-only checkpoint (strict loading checks the rest)."""
     state_dict = backbone_filter_fn(state_dict, model) if backbone_filter_fn is not None else state_dict
-    for k, v in model.state_dict().items():
-        if k.startswith(RSG_KEY_PREFIX):
-            state_dict.setdefault(k, v)
-    return state_dict
+    return fill_fresh_rsg(state_dict, model)
 
 
 class _Family(NamedTuple):

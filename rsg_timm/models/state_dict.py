@@ -11,7 +11,7 @@ from timm.models import clean_state_dict
 
 from ..constants import RSG_KEY_PREFIX
 
-__all__ = ['CheckpointError', 'unwrap_checkpoint', 'check_state_dict_fits']
+__all__ = ['CheckpointError', 'unwrap_checkpoint', 'fill_fresh_rsg', 'check_state_dict_fits']
 
 # The official code names its RSG module ``RSG``; ours is ``rsg`` (timm's lower-case module names).
 _OFFICIAL_RSG_KEY_PREFIX = 'RSG.'
@@ -43,6 +43,15 @@ def unwrap_checkpoint(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str,
             k = RSG_KEY_PREFIX + k.split('.', 1)[1]
         out[k] = v
     return out
+
+
+def fill_fresh_rsg(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """``state_dict`` with the model's own (fresh) RSG values where it has none: a backbone's weights start an RSG
+    model."""
+    for k, v in model.state_dict().items():
+        if k.startswith(RSG_KEY_PREFIX):
+            state_dict.setdefault(k, v)
+    return state_dict
 
 
 def check_state_dict_fits(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: str,
