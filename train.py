@@ -33,7 +33,8 @@ from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy, plot_training_curves
 from rsg_timm.models import is_rsg_model
-from rsg_timm.recipes import create_lr_scheduler, create_recipe_model, create_recipe_optimizer, resolve_recipe
+from rsg_timm.recipes import EPOCH_SWITCHES, create_lr_scheduler, create_recipe_model, create_recipe_optimizer, \
+    rescale_schedule, resolve_recipe
 from rsg_timm.resume import fork_run, resume_run
 from rsg_timm.run_folder import create_run_dir, new_run_dir, truncate_summary
 
@@ -218,9 +219,31 @@ def _arg_names(parser: argparse.ArgumentParser) -> set:
     return {a.dest for a in parser._actions} - {'help', 'config'}
 
 
+def _command_line_names(remaining) -> set:
+    """Argument names given on the command line (without ``--config``)."""
+    parser = _build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(remaining)[0]))
+
+
+def _scale_config_switches(args: argparse.Namespace, cfg: dict, given: set, path: str) -> None:
+    """A config writes its epoch switches for its own ``epochs``; a run of another length (``--epochs``) gets them at
+    the same shares, as the defaults scale, except those given on the command line."""
+    if 'epochs' not in cfg or args.epochs == cfg['epochs']:
+        return
+    switches = {k: cfg[k] for k in EPOCH_SWITCHES if k in cfg and k not in given}
+    for name, value in rescale_schedule(switches, cfg['epochs'], args.epochs).items():
+        setattr(args, name, value)
+    if switches:
+        _logger.info(f'{path} is written for {cfg["epochs"]} epochs; its switches at the same shares of '
+                     f'{args.epochs}: ' + ', '.join(f'--{k.replace("_", "-")} {getattr(args, k)}' for k in switches))
+
+
 def _parse_args(argv=None) -> argparse.Namespace:
     args_config, remaining = config_parser.parse_known_args(argv)
     parser = _build_parser()
+    cfg = {}
     if args_config.config:
         with open(args_config.config) as f:
             cfg = yaml.safe_load(f) or {}
@@ -230,6 +253,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
         parser.set_defaults(**cfg)
     args = parser.parse_args(remaining)
     args.config = args_config.config
+    if cfg:
+        _scale_config_switches(args, cfg, _command_line_names(remaining), args_config.config)
     return args
 
 
@@ -241,10 +266,7 @@ _NOT_RESTORED = {'config', 'resume', 'no_resume_opt', 'fork', 'output', 'experim
 def _given_names(argv=None) -> set:
     """Argument names set on the command line or by ``--config``: what a resumed run's stored flags must not undo."""
     args_config, remaining = config_parser.parse_known_args(argv)
-    parser = _build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    given = set(vars(parser.parse_known_args(remaining)[0]))
+    given = _command_line_names(remaining)
     if args_config.config:
         with open(args_config.config) as f:
             given |= set(yaml.safe_load(f) or {})

@@ -12,7 +12,7 @@ import argparse
 import difflib
 import logging
 import os
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import timm
 import torch
@@ -24,8 +24,9 @@ from .checkpoint import load_training_checkpoint
 from .models import backbone_arch, check_state_dict_fits, fill_fresh_rsg, is_rsg_model, set_cosine_classifier, \
     supports_cosine_classifier, unwrap_checkpoint
 
-__all__ = ['RSG_FLAGS', 'LATE_PHASE', 'LAST_DECAY', 'scaled_schedule', 'resolve_recipe', 'create_recipe_model',
-           'create_recipe_optimizer', 'create_lr_scheduler']
+__all__ = ['RSG_FLAGS', 'LATE_PHASE', 'LAST_DECAY', 'EPOCH_SWITCHES', 'scaled_schedule', 'rescale_schedule',
+           'phases_out_of_reach', 'resolve_recipe', 'create_recipe_model', 'create_recipe_optimizer',
+           'create_lr_scheduler']
 
 _logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ RSG_FLAGS = ('rsg_stage', 'rsg_n_center', 'rsg_contrastive_dim', 'rsg_strength',
 # Where the late phase starts (LR decay, DRW, deferred re-sampling, RSG's generation) and the last LR decay, as
 # shares of the run.
 LATE_PHASE, LAST_DECAY = 0.8, 0.9
+# The flags that switch a run from one phase to the next, in epochs: written for one run length.
+EPOCH_SWITCHES = ('decay_milestones', 'drw_epoch', 'drs_epoch', 'rsg_epoch_thresh')
 
 
 def scaled_schedule(epochs: int) -> Dict[str, Any]:
@@ -43,6 +46,41 @@ def scaled_schedule(epochs: int) -> Dict[str, Any]:
     late = int(LATE_PHASE * epochs)
     return dict(decay_milestones=[late, int(LAST_DECAY * epochs)], drw_epoch=late, drs_epoch=late,
                 rsg_epoch_thresh=max(late - 1, 0))
+
+
+def rescale_schedule(switches: Dict[str, Any], epochs: int, new_epochs: int) -> Dict[str, Any]:
+    """Epoch switches (:data:`EPOCH_SWITCHES`) written for an ``epochs``-long run, at the same shares of a
+    ``new_epochs``-long one, rounded down as :func:`scaled_schedule` rounds: a switch at epoch ``e`` moves to
+    ``e * new_epochs // epochs``, and ``rsg_epoch_thresh`` stays the epoch before generation starts. The CIFAR
+    recipes' switches (80% and 90% of 200) land where the defaults of ``--epochs new_epochs`` put them."""
+    def scale(epoch: int) -> int:
+        return epoch * new_epochs // epochs
+
+    scaled = {}
+    for name, value in switches.items():
+        if value is None or (name == 'rsg_epoch_thresh' and value < 0):  # unset, or generation from the start
+            scaled[name] = value
+        elif name == 'decay_milestones':
+            scaled[name] = [scale(m) for m in value]
+        elif name == 'rsg_epoch_thresh':
+            scaled[name] = max(scale(value + 1) - 1, 0)
+        else:
+            scaled[name] = scale(value)
+    return scaled
+
+
+def phases_out_of_reach(args: argparse.Namespace) -> List[str]:
+    """The late phases a resolved run enables but never reaches: RSG's generation, DRW, deferred re-sampling."""
+    starts = []
+    if is_rsg_model(args.model):
+        starts.append(('RSG generation', 'rsg_epoch_thresh', args.rsg_epoch_thresh + 1))
+    if args.reweight == 'drw':
+        starts.append(('DRW re-weighting', 'drw_epoch', args.drw_epoch))
+    if args.sampler == 'deferred':
+        starts.append(('deferred re-sampling', 'drs_epoch', args.drs_epoch))
+    return [f'{phase} never starts: it would from epoch {start}, but the run trains epochs 0-{args.epochs - 1}; '
+            f'lower --{flag.replace("_", "-")} ({getattr(args, flag)})' for phase, flag, start in starts
+            if start >= args.epochs]
 
 
 def resolve_recipe(args: argparse.Namespace) -> None:
@@ -81,6 +119,8 @@ def resolve_recipe(args: argparse.Namespace) -> None:
     given = [f'--{k.replace("_", "-")}' for k in RSG_FLAGS if getattr(args, k) is not None]
     if given and not is_rsg:
         raise ValueError(f'{", ".join(given)} need an rsg_* model; --model {args.model} has no RSG')
+    for message in phases_out_of_reach(args):
+        _logger.warning(message)
 
 
 def _load_initial_checkpoint(model: nn.Module, path: str) -> None:

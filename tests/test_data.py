@@ -1,4 +1,5 @@
 """Datasets, class profiles, the demo set and transforms (rsg_timm.data)."""
+import logging
 import os
 
 import numpy as np
@@ -9,8 +10,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from rsg_timm.data import (
-    CifarBatchTransform, CifarLT, DemoLT, TensorBatchLoader, build_transform, create_lt_dataset, create_sampler,
-    list_lt_datasets, long_tail_counts, select_long_tail,
+    CifarBatchTransform, CifarLT, DemoLT, TensorBatchLoader, build_transform, create_lt_dataset, create_lt_loader,
+    create_sampler, list_lt_datasets, long_tail_counts, select_long_tail,
 )
 from rsg_timm.constants import CIFAR10_MEAN, CIFAR10_STD, FEW_SHOT_MAX, MANY_SHOT_MIN
 
@@ -248,6 +249,19 @@ def test_inat_test_is_val_list(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- folder_lt
+
+def test_workers_beyond_the_cores_are_clamped_with_a_note(tiny_folder, caplog):
+    # configs sized for a large machine (workers: 8) run as they are on a 2-core one, without torch's warning
+    cores = len(os.sched_getaffinity(0))
+    dataset = create_lt_dataset('folder_lt', tiny_folder, split='val')
+    with caplog.at_level(logging.INFO, logger='rsg_timm.data.loader'):
+        loader = create_lt_loader(dataset, dataset_name='folder_lt', batch_size=4, is_training=False,
+                                  num_workers=cores + 61)
+    assert loader.num_workers == cores
+    assert f'--workers {cores + 61}: this machine gives the process {cores} CPU cores' in caplog.text
+    assert create_lt_loader(dataset, dataset_name='folder_lt', batch_size=4, is_training=False,
+                            num_workers=1).num_workers == 1
+
 
 def test_folder_lt(tmp_path):
     for c, name in enumerate(['cat', 'dog', 'eel']):

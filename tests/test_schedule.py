@@ -6,6 +6,7 @@ reduced epoch is 159, not 160. timm's multistep scheduler applies milestone ``m`
 that wrote the official numbers as milestones would drop every rate one epoch early, which these tests catch.
 """
 import glob
+import logging
 import os
 from typing import Callable, Dict
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from rsg_timm.recipes import create_lr_scheduler, create_recipe_model, resolve_recipe
+from rsg_timm.recipes import create_lr_scheduler, create_recipe_model, rescale_schedule, resolve_recipe, \
+    scaled_schedule
 from helpers import REPO_DIR, load_script
 from rsg_timm.losses import create_reweight
 
@@ -48,8 +50,9 @@ def _family(config: str) -> str:
     return 'cifar' if name.startswith('cifar') else next(k for k in OFFICIAL if name.startswith(k))
 
 
-def _resolved(config: str):
-    args = train._parse_args(['--config', config])
+def _resolved(*argv: str):
+    """A config path alone, or train.py flags."""
+    args = train._parse_args(['--config', *argv] if len(argv) == 1 else list(argv))
     resolve_recipe(args)
     return args
 
@@ -126,3 +129,42 @@ def test_default_scaling_is_the_official_schedule_at_200_epochs():
     resolve_recipe(args)
     assert (args.decay_milestones, args.drw_epoch, args.rsg_epoch_thresh) == ([160, 180], 160, 159)
     assert _lr_per_epoch(args) == pytest.approx([OFFICIAL['cifar'][2](e) for e in range(200)])
+
+
+# -------------------------------------------------------------------------- switches of a shorter or longer run
+
+def test_config_switches_scale_with_epochs_as_the_defaults_do():
+    # The CIFAR recipes write the official 200-epoch switches; at any other length they land where the defaults put
+    # them, e.g. 4 epochs: LR decay, DRW and generation from epoch 3 instead of never.
+    cifar = dict(decay_milestones=[160, 180], drw_epoch=160, drs_epoch=160, rsg_epoch_thresh=159)
+    for epochs in range(1, 401):
+        assert rescale_schedule(cifar, 200, epochs) == scaled_schedule(epochs), epochs
+    config = os.path.join(REPO_DIR, 'configs', 'cifar10_lt_r100_ldam_drw_rsg.yaml')
+    args = _resolved('--config', config, '--epochs', '4')
+    assert (args.decay_milestones, args.drw_epoch, args.rsg_epoch_thresh) == ([3, 3], 3, 2)
+    assert _resolved('--config', config, '--epochs', '200').rsg_epoch_thresh == 159
+    # a switch given on the command line is kept as given
+    assert _resolved('--config', config, '--epochs', '4', '--drw-epoch', '1').drw_epoch == 1
+    assert rescale_schedule(dict(rsg_epoch_thresh=-1), 200, 4) == dict(rsg_epoch_thresh=-1)  # generation throughout
+
+
+def test_finetune_config_reaches_generation_and_resampling_in_a_short_run(caplog):
+    config = os.path.join(REPO_DIR, 'configs', 'folder_lt_finetune_convnext_rsg.yaml')
+    with caplog.at_level(logging.WARNING):
+        args = _resolved('--config', config, '--epochs', '4', '--data-dir', 'DIR')
+    assert (args.drs_epoch, args.rsg_epoch_thresh) == (3, 2)  # the config's 24 / 23 of 30
+    assert 'never starts' not in caplog.text
+
+
+def test_a_late_phase_out_of_reach_is_warned(caplog):
+    config = os.path.join(REPO_DIR, 'configs', 'folder_lt_finetune_convnext_rsg.yaml')
+    with caplog.at_level(logging.WARNING):
+        _resolved('--config', config, '--epochs', '4', '--data-dir', 'DIR', '--drs-epoch', '24', '--rsg-epoch-thresh', '3')
+        _resolved('--model', 'rsg_resnet32', '--epochs', '5', '--drw-epoch', '5')
+    warnings = [r.getMessage() for r in caplog.records if 'never starts' in r.getMessage()]
+    assert warnings == [
+        'RSG generation never starts: it would from epoch 4, but the run trains epochs 0-3; lower --rsg-epoch-thresh '
+        '(3)',
+        'deferred re-sampling never starts: it would from epoch 24, but the run trains epochs 0-3; lower --drs-epoch '
+        '(24)',
+        'DRW re-weighting never starts: it would from epoch 5, but the run trains epochs 0-4; lower --drw-epoch (5)']

@@ -4,7 +4,10 @@ In-memory datasets (CIFAR-LT, the demo) are batched and augmented as whole tenso
 (``TensorBatchLoader``); file-based ones go through a regular ``DataLoader`` with per-image transforms. Both
 expose ``__len__`` and ``set_epoch`` so the engine treats them the same.
 """
+import functools
+import logging
 import math
+import os
 from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -15,7 +18,20 @@ from .cifar_lt import ArrayLTDataset
 from .samplers import LTSampler, ShardSampler
 from .transforms import CifarBatchTransform, build_transform, default_mean_std, to_nchw
 
-__all__ = ['create_lt_loader', 'TensorBatchLoader']
+__all__ = ['create_lt_loader', 'TensorBatchLoader', 'available_workers']
+
+_logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)  # one note per run, not one per loader
+def available_workers(requested: int) -> int:
+    """``requested`` loader workers, at most one per CPU core this process may use: more only contend (torch warns),
+    and a config sized for a large machine should still run as it is on a small one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    if requested > cores:
+        _logger.info(f'--workers {requested}: this machine gives the process {cores} CPU cores; using {cores} workers')
+        return cores
+    return requested
 
 
 class TensorBatchLoader:
@@ -127,7 +143,7 @@ def create_lt_loader(
         data_config: timm's resolved data config (mean/std, input size for the file-based recipe).
         sampler: index sampler; sequential order when ``None``.
         device: where in-memory batches are built; file-based batches stay on the CPU for the engine to move.
-        num_workers: worker processes of the file-based loader.
+        num_workers: worker processes of the file-based loader, at most one per available CPU core.
         channels_last: in-memory batches in ``channels_last`` format.
         seed: base seed of the in-memory augmentation.
     """
@@ -141,6 +157,7 @@ def create_lt_loader(
         return TensorBatchLoader(dataset.data, dataset.targets, batch_size, sampler=sampler, augment=augment,
                                  device=device, drop_last=drop_last, channels_last=channels_last, seed=seed)
     dataset.transform = build_transform(dataset_name, is_training, data_config)
+    num_workers = available_workers(num_workers)
     return _EpochDataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
                             drop_last=drop_last, pin_memory=torch.device(device).type == 'cuda',
                             persistent_workers=num_workers > 0)
