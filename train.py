@@ -23,8 +23,9 @@ from timm.utils import (ParseKwargs, distribute_bn, init_distributed_device, is_
                         setup_default_logging, update_summary)
 
 import rsg_timm  # noqa: F401  (registers the models)
-from rsg_timm.cli import run_cli
-from rsg_timm.checkpoint import RunCheckpointSaver, RunState, find_resume_checkpoint, load_training_checkpoint
+from rsg_timm.cli import run_cli, set_interrupt_hint
+from rsg_timm.checkpoint import LAST_CHECKPOINT, RunCheckpointSaver, RunState, find_resume_checkpoint, \
+    load_training_checkpoint
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
     list_lt_datasets, list_samplers, sampler_kwargs
 from rsg_timm.data_parallel import EmulatedDataParallel
@@ -337,6 +338,15 @@ def _divergence_hint(args: argparse.Namespace) -> str:
            f'add --clip-grad.'
 
 
+def _resume_hint(run_dir: str) -> str:
+    """How to continue a run stopped by Ctrl-C: from its last saved epoch, if it saved one."""
+    last = os.path.join(run_dir, LAST_CHECKPOINT)
+    if not os.path.isfile(last):
+        return f'no epoch of {run_dir} was saved yet; start the run again'
+    epoch = load_training_checkpoint(last)['epoch']
+    return f'epoch {epoch} is saved; continue with: python train.py --resume {run_dir}'
+
+
 def _format_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
 
@@ -399,6 +409,10 @@ def main(argv=None) -> dict:
                               not args.no_resume_opt)
     elif args.fork:
         start_epoch = fork_run(args.fork, model, optimizer, class_counts)
+    if args.resume and start_epoch >= num_epochs:
+        raise ValueError(f'{args.resume}: the run finished (epochs 0-{start_epoch - 1} trained of {num_epochs}), so '
+                         f'there is nothing to resume; its results are in {os.path.dirname(args.resume)}. To train '
+                         f'it longer, pass --epochs greater than {num_epochs}')
     if start_epoch:
         lr_scheduler.step(start_epoch)
     train_model = model
@@ -426,6 +440,7 @@ def main(argv=None) -> dict:
         _logger.info(f'{args.model} on {args.dataset}: {len(train_set)} training images, class counts '
                      f'{class_counts}; writing to {output_dir}')
         _logger.info(_describe_run(args, model, device, amp_dtype))
+        set_interrupt_hint(lambda: _resume_hint(output_dir))  # Ctrl-C (run_cli) says how to continue
     checkpoint = None  # the resumed state is in place; free its tensors
 
     progress = is_primary(args) and not args.no_progress and sys.stderr.isatty()

@@ -157,8 +157,9 @@ def _restore_data_config(args: argparse.Namespace, record: dict) -> List[str]:
 
 
 def _describe_data_config(data_config: dict, restored: List[str], source: str) -> str:
-    described = ', '.join(f'{k} {tuple(data_config[k]) if isinstance(data_config[k], (list, tuple)) else data_config[k]}'
-                          for k in ('input_size', 'interpolation', 'crop_pct', 'mean', 'std') if k in data_config)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
+    described = ', '.join(f'{k} {values[k]}' for k in ('input_size', 'interpolation', 'crop_pct', 'mean', 'std')
+                          if k in values)
     flags = ', '.join('--' + k.replace('_', '-') for k in restored)
     origin = f'{flags} as {source} was trained, the rest ' if restored else ''
     return f'data config: {described} ({origin}from the flags given, else the model\'s defaults)'

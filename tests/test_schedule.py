@@ -159,7 +159,8 @@ def test_finetune_config_reaches_generation_and_resampling_in_a_short_run(caplog
 def test_a_late_phase_out_of_reach_is_warned(caplog):
     config = os.path.join(REPO_DIR, 'configs', 'folder_lt_finetune_convnext_rsg.yaml')
     with caplog.at_level(logging.WARNING):
-        _resolved('--config', config, '--epochs', '4', '--data-dir', 'DIR', '--drs-epoch', '24', '--rsg-epoch-thresh', '3')
+        _resolved('--config', config, '--epochs', '4', '--data-dir', 'DIR', '--drs-epoch', '24',
+                  '--rsg-epoch-thresh', '3')
         _resolved('--model', 'rsg_resnet32', '--epochs', '5', '--drw-epoch', '5')
     warnings = [r.getMessage() for r in caplog.records if 'never starts' in r.getMessage()]
     assert warnings == [

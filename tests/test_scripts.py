@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from rsg_timm.checkpoint import CheckpointError, load_training_checkpoint
+from rsg_timm.cli import run_cli
 from rsg_timm.engine import NonFiniteLossError, train_one_epoch
 from rsg_timm.losses import effective_number_weights
 
@@ -118,6 +119,32 @@ def test_resume_gives_the_same_weights(tiny_demo, tmp_path):
     for k, v in straight['state_dict'].items():
         assert torch.equal(v, resumed['state_dict'][k]), k
     assert len(_summary(str(tmp_path / 'resumed'))) == 2
+    with pytest.raises(ValueError, match=r'run finished \(epochs 0-1 trained of 2\), so there is nothing to resume'):
+        train_script.main(['--resume', str(tmp_path / 'resumed'), '--no-progress'])  # not a silent exit
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_command(tiny_demo, tmp_path, monkeypatch, capsys):
+    def interrupted_after_epoch_0(*args, epoch, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return train_one_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(train_script, 'train_one_epoch', interrupted_after_epoch_0)
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(lambda: train_script.main(train_args(tiny_demo, tmp_path, 'run', '--model', 'cifar_resnet20')))
+    assert stopped.value.code == 130
+    run_dir = tmp_path / 'run'
+    err = capsys.readouterr().err  # the log goes to stderr too
+    assert err.endswith(f'\ninterrupted: epoch 0 is saved; continue with: python train.py --resume {run_dir}\n')
+    assert 'Traceback' not in err
+    assert train_script._resume_hint(str(tmp_path)) == f'no epoch of {tmp_path} was saved yet; start the run again'
+
+    def interrupted_before_the_run():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit):
+        run_cli(interrupted_before_the_run)  # the hint of the last run does not linger
+    assert capsys.readouterr().err == 'interrupted\n'
 
 
 def test_plain_backbone_amp_channels_last(tiny_demo, tmp_path):

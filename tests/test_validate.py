@@ -146,8 +146,8 @@ def test_a_checkpoint_scores_what_its_export_scores_at_the_trained_data_config(t
                        '--warmup-epochs', '0', '-j', '0', '--no-progress', '--log-interval', '0', *data_config])
     common = [tiny_folder, '--split', 'val', '-j', '0', '-b', '4', '--log-freq', '1']  # timm's positional data dir
     with caplog.at_level(logging.INFO, logger='validate'):
-        by_checkpoint = validate_script.main(['--model', 'test_resnet', '--checkpoint', str(out / 'run' / 'last.pth.tar'),
-                                              *common])
+        by_checkpoint = validate_script.main(['--model', 'test_resnet', '--checkpoint',
+                                              str(out / 'run' / 'last.pth.tar'), *common])
     exported = validate_script.main(['--model', f'local-dir:{out / "run"}', *common])
     assert by_checkpoint['img_size'] == exported['img_size'] == 32
     for key in ('loss', 'top1', 'ece'):
