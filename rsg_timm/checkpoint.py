@@ -21,7 +21,7 @@ from timm.models.resnet import ResNet
 from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
-from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check_state_dict_fits, \
+from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check_rsg_family, check_state_dict_fits, \
     has_cosine_classifier, linear_to_cosine, set_cosine_classifier, unwrap_checkpoint
 
 __all__ = ['CheckpointError', 'RunCheckpointSaver', 'RunState', 'checkpoint_extras', 'find_resume_checkpoint',
@@ -260,6 +260,7 @@ def create_eval_model(
             linear_to_cosine(model)  # the export's linear fc stands for a cosine head: restore its logits
         return model, config.get(CLASS_COUNTS_KEY), config.get(LABEL_NAMES_KEY) or config.get('label_names')
 
+    check_rsg_family(model_name)
     if not checkpoint_path:
         create_kwargs = dict(kwargs, num_classes=num_classes) if num_classes is not None else kwargs
         return timm.create_model(model_name, pretrained=pretrained, **create_kwargs), None, None

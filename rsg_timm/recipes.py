@@ -21,8 +21,8 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 from .checkpoint import load_training_checkpoint
-from .models import backbone_arch, check_state_dict_fits, fill_fresh_rsg, is_rsg_model, set_cosine_classifier, \
-    supports_cosine_classifier, unwrap_checkpoint
+from .models import backbone_arch, check_rsg_family, check_state_dict_fits, fill_fresh_rsg, is_rsg_model, \
+    set_cosine_classifier, supports_cosine_classifier, unwrap_checkpoint
 
 __all__ = ['RSG_FLAGS', 'LATE_PHASE', 'LAST_DECAY', 'EPOCH_SWITCHES', 'scaled_schedule', 'rescale_schedule',
            'phases_out_of_reach', 'resolve_recipe', 'create_recipe_model', 'create_recipe_optimizer',
@@ -88,6 +88,7 @@ def resolve_recipe(args: argparse.Namespace) -> None:
     the RSG CIFAR recipe's epoch milestones (LR decay from 159/179, DRW from 160, generation after 159 of 200)
     scaled to ``--epochs``, a warm-up that fits the run; and check the model name and the RSG flags."""
     if not timm.is_model(args.model):
+        check_rsg_family(args.model)
         close = difflib.get_close_matches(args.model, timm.list_models(), n=5, cutoff=0.6)
         hint = f'close matches: {", ".join(close)}' if close else "timm.list_models('*name*') lists them"
         raise ValueError(f'Unknown model {args.model!r}; {hint}')

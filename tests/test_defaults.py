@@ -8,6 +8,7 @@ import torch
 
 from rsg_timm.engine import DIVERGED_CE, DivergedError, check_divergence, train_one_epoch
 
+from rsg_timm.models import has_cosine_classifier
 from rsg_timm.recipes import resolve_recipe
 from helpers import load_script
 
@@ -34,6 +35,13 @@ def test_loss_follows_the_classifier_head(argv, loss, reweight, cosine):
     assert (args.loss, args.reweight, args.cosine_classifier) == (loss, reweight, cosine)
 
 
+def test_create_model_builds_the_linear_head_the_train_recipe_replaces():
+    # the README's Python example says so: timm's create_model gives a linear head, train.py's recipe a cosine one
+    assert not has_cosine_classifier(timm.create_model('rsg_resnet32', num_classes=10))
+    assert has_cosine_classifier(timm.create_model('rsg_resnet32', num_classes=10, use_norm=True))
+    assert _resolved('--model', 'rsg_resnet32').cosine_classifier
+
+
 def test_warmup_longer_than_the_run_is_scaled():
     assert _resolved('--epochs', '2').warmup_epochs == 0
     assert _resolved('--epochs', '10', '--warmup-epochs', '12').warmup_epochs == 2
@@ -43,6 +51,18 @@ def test_warmup_longer_than_the_run_is_scaled():
 def test_unknown_model_is_one_line_with_close_matches():
     with pytest.raises(ValueError, match=r"^Unknown model 'resnet5O'; close matches: .*resnet50"):
         _resolved('--model', 'resnet5O')
+
+
+def test_rsg_of_a_family_without_an_adapter_names_the_supported_ones():
+    match = (r"^rsg_vit_small_patch16_224: RSG supports these families: CifarResNet, ResNet, ConvNeXt, RegNet, "
+             r"EfficientNet, MobileNetV3, ResNetV2 \(\d+ archs, timm.list_models\('rsg_\*'\)\); vit_small_patch16_224 is a "
+             r"VisionTransformer, .* --model vit_small_patch16_224$")
+    with pytest.raises(ValueError, match=match):
+        _resolved('--model', 'rsg_vit_small_patch16_224')  # train.py
+    with pytest.raises(ValueError, match=match):
+        load_script('validate.py').main(['--model', 'rsg_vit_small_patch16_224', '--dataset', 'demo'])
+    with pytest.raises(ValueError, match='^Unknown model'):
+        _resolved('--model', 'rsg_nope_net')  # not a timm arch at all: the close-match hint
 
 
 def test_help_lists_config_defaults_and_every_rsg_flag():

@@ -441,6 +441,20 @@ for _name, (_arch, _family) in _RSG_BACKBONES.items():
 del _name, _arch, _family
 
 
+def check_rsg_family(model_name: str) -> None:
+    """Refuse ``rsg_<arch>`` where ``<arch>`` is a timm model of a family RSG has no stage adapter for (a ViT, ...)
+    with one line naming the families it has; other names pass (an unknown one is the caller's to report)."""
+    arch = timm.models.get_arch_name(model_name)
+    backbone = arch[len('rsg_'):]
+    if not arch.startswith('rsg_') or arch in _RSG_BACKBONES or not timm.is_model(backbone):
+        return
+    kind = getattr(inspect.signature(model_entrypoint(backbone)).return_annotation, '__name__', 'model')
+    families = ', '.join(family.__name__ for family in _FAMILIES)
+    raise ValueError(f'{arch}: RSG supports these families: {families} ({len(_RSG_BACKBONES)} archs, '
+                     f"timm.list_models('rsg_*')); {backbone} is a {kind}, which it does not wrap (the README says "
+                     f'why for Vision Transformers). Train it without RSG: --model {backbone}')
+
+
 def backbone_arch(model_name: str) -> str:
     """The plain backbone arch behind a model name: ``rsg_resnet32`` -> ``cifar_resnet32``, ``rsg_resnet50.a1_in1k``
     -> ``resnet50``; a name without RSG is returned without its tag."""
