@@ -37,6 +37,13 @@ epoch_of() {  # the last finished epoch of checkpoint $1, or -1
     "$PYTHON" -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['epoch'])" "$1"
 }
 
+switches() {  # the config's epoch switches as flags: given explicitly, a shorter --epochs (the trunk's first leg) keeps
+    # them where the config puts them instead of scaling them to the run's length
+    "$PYTHON" -c "import sys, yaml; c = yaml.safe_load(open(sys.argv[1]))
+for k in ('decay_milestones', 'drw_epoch', 'drs_epoch', 'rsg_epoch_thresh'):
+    if k in c: print('--' + k.replace('_', '-'), *(c[k] if isinstance(c[k], list) else [c[k]]))" "$CONFIGS/$1"
+}
+
 train() {  # train <config> <run dir> <epochs> [flags for a new run...]: start, or resume from last.pth.tar
     local config=$1 run=$2 epochs=$3
     shift 3
@@ -49,7 +56,8 @@ train() {  # train <config> <run dir> <epochs> [flags for a new run...]: start, 
     fi
     OMP_NUM_THREADS=$THREADS "${limit[@]}" "$PYTHON" "$REPO/train.py" --config "$CONFIGS/$config" \
         --data-dir "$DATA" --channels-last --no-progress --log-interval 0 --log-seconds 60 \
-        --output "$ROOT/runs" --experiment "$(basename "$run")" --epochs "$epochs" $EXTRA "${start[@]}" \
+        --output "$ROOT/runs" --experiment "$(basename "$run")" --epochs "$epochs" $(switches "$config") $EXTRA \
+        "${start[@]}" \
         >> "$ROOT/logs/$(basename "$run").log" 2>&1 || { local code=$?; echo "$(basename "$run") stopped (exit $code)" >&2; }
 }
 
@@ -57,7 +65,7 @@ seed_campaign() {
     local seed=$1
     local trunk=$ROOT/runs/s$seed-ldam_drw_rsg plain=$ROOT/runs/s$seed-ldam_drw dp2=$ROOT/runs/s$seed-ldam_drw_rsg_dp2
     local fork_point=$ROOT/runs/s$seed-fork_epoch$((FORK_EPOCH - 1)).pth.tar
-    if [ ! -f "$fork_point" ]; then
+    if [ ! -f "$fork_point" ]; then  # the first leg stops before generation: its "never starts" warnings are expected
         train cifar10_lt_r100_ldam_drw_rsg.yaml "$trunk" "$FORK_EPOCH" --seed "$seed"
         [ "$(epoch_of "$trunk/last.pth.tar")" -eq $((FORK_EPOCH - 1)) ] \
             || { echo "seed $seed: trunk not at epoch $((FORK_EPOCH - 1)) yet" >&2; return; }
