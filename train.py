@@ -9,6 +9,7 @@ Pass a plain backbone (``--model cifar_resnet32``) to train the same network wit
 import argparse
 import copy
 import datetime
+import functools
 import json
 import logging
 import math
@@ -23,9 +24,10 @@ from timm.utils import (ParseKwargs, distribute_bn, init_distributed_device, is_
                         setup_default_logging, update_summary)
 
 import rsg_timm  # noqa: F401  (registers the models)
+from rsg_timm.atomic import atomic_write
 from rsg_timm.cli import run_cli, set_interrupt_hint
-from rsg_timm.checkpoint import LAST_CHECKPOINT, RunCheckpointSaver, RunState, find_resume_checkpoint, \
-    load_training_checkpoint
+from rsg_timm.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, RunCheckpointSaver, RunState, \
+    find_resume_checkpoint, load_training_checkpoint
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
     list_lt_datasets, list_samplers, sampler_kwargs
 from rsg_timm.data_parallel import EmulatedDataParallel
@@ -299,6 +301,19 @@ def _load_resume(args: argparse.Namespace, argv) -> dict:
     return checkpoint
 
 
+def _write_args_yaml(path: str, args: argparse.Namespace) -> None:
+    """Record the resolved flags (not the distributed bookkeeping), so the file works as a ``--config``; replaced in
+    one step, and only when they changed, so no kill leaves a run without its recipe."""
+    names = _arg_names(_build_parser())
+    text = yaml.safe_dump({k: v for k, v in vars(args).items() if k in names}, sort_keys=False)
+    if os.path.isfile(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+    with atomic_write(path) as f:
+        f.write(text)
+
+
 def _drop_checkpoint_list(record: logging.LogRecord) -> bool:
     """timm's saver logs its whole checkpoint list at every save; train.py logs it once, at the end."""
     return not record.getMessage().startswith('Current checkpoints')
@@ -345,6 +360,26 @@ def _resume_hint(run_dir: str) -> str:
         return f'no epoch of {run_dir} was saved yet; start the run again'
     epoch = load_training_checkpoint(last)['epoch']
     return f'epoch {epoch} is saved; continue with: python train.py --resume {run_dir}'
+
+
+def _last_good_checkpoint(args: argparse.Namespace, output_dir: str, epoch: int, start_epoch: int) -> str:
+    """Where a diverged run can continue from: nothing of the diverged epoch is saved."""
+    if epoch > start_epoch:
+        path = os.path.join(output_dir, LAST_CHECKPOINT)
+    else:
+        path = args.resume or args.fork
+    if not path:
+        return 'Nothing was saved: the run diverged in its first epoch; start it again under another --experiment.'
+    return (f'Nothing of epoch {epoch} was saved; the last good checkpoint is {path} (epoch {epoch - 1}): continue '
+            f'with --{"fork" if path == args.fork else "resume"} {path} and the changed flag.')
+
+
+def _ended(run_dir: str) -> bool:
+    """Whether a run wrote all it writes at its end: the export, the figures, then ``per_class.csv``, each replaced
+    whole; and its ``args.yaml`` is intact (a resume writes it again)."""
+    args_yaml = os.path.join(run_dir, 'args.yaml')
+    return os.path.isfile(os.path.join(run_dir, 'per_class.csv')) and os.path.isfile(args_yaml) and \
+        os.path.getsize(args_yaml) > 0
 
 
 def _format_duration(seconds: float) -> str:
@@ -409,7 +444,7 @@ def main(argv=None) -> dict:
                               not args.no_resume_opt)
     elif args.fork:
         start_epoch = fork_run(args.fork, model, optimizer, class_counts)
-    if args.resume and start_epoch >= num_epochs:
+    if args.resume and start_epoch >= num_epochs and _ended(output_dir):  # else its end is completed below
         raise ValueError(f'{args.resume}: the run finished (epochs 0-{start_epoch - 1} trained of {num_epochs}), so '
                          f'there is nothing to resume; its results are in {os.path.dirname(args.resume)}. To train '
                          f'it longer, pass --epochs greater than {num_epochs}')
@@ -433,10 +468,7 @@ def main(argv=None) -> dict:
         if args.resume:
             saver.restore(checkpoint, args.resume)
             truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
-        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
-            # the resolved flags only (not the distributed bookkeeping), so the file works as a --config
-            names = _arg_names(_build_parser())
-            yaml.safe_dump({k: v for k, v in vars(args).items() if k in names}, f, sort_keys=False)
+        _write_args_yaml(os.path.join(output_dir, 'args.yaml'), args)
         _logger.info(f'{args.model} on {args.dataset}: {len(train_set)} training images, class counts '
                      f'{class_counts}; writing to {output_dir}')
         _logger.info(_describe_run(args, model, device, amp_dtype))
@@ -444,6 +476,9 @@ def main(argv=None) -> dict:
     checkpoint = None  # the resumed state is in place; free its tensors
 
     progress = is_primary(args) and not args.no_progress and sys.stderr.isatty()
+    evaluate_on = functools.partial(
+        evaluate, model, device=device, num_classes=len(class_counts), class_counts=class_counts,
+        label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress)
     eval_metrics, evaluator = {}, None
     run_start = time.perf_counter()
     for epoch in range(start_epoch, num_epochs):
@@ -454,11 +489,11 @@ def main(argv=None) -> dict:
             log_seconds=args.log_seconds, num_epochs=num_epochs, progress=progress)
         if args.distributed:
             distribute_bn(model, args.world_size, reduce=True)
-        eval_metrics, evaluator = evaluate(
-            model, eval_loader, device=device, num_classes=len(class_counts), class_counts=class_counts,
-            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress,
-            distributed=args.distributed)
+        eval_metrics, evaluator = evaluate_on(eval_loader, distributed=args.distributed)
         lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
+        # before anything of this epoch is saved, so last.pth.tar and model_best.pth.tar keep healthy weights
+        check_divergence(epoch, train_metrics['ce'], eval_metrics['loss'],
+                         _divergence_hint(args) + ' ' + _last_good_checkpoint(args, output_dir, epoch, start_epoch))
         if saver is not None:
             # CE (the classifier's loss) first: the total is dominated by the auxiliary terms of RSG
             elapsed = time.perf_counter() - run_start
@@ -475,27 +510,29 @@ def main(argv=None) -> dict:
             update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),
                            lr=train_metrics['lr'])
             saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
-        check_divergence(epoch, train_metrics['ce'], eval_metrics['loss'], _divergence_hint(args))
 
-    if saver is None or evaluator is None:
+    if evaluator is None:  # a resumed run that had trained its last epoch: a kill or full disk stopped its export
+        _logger.info(f'{args.resume} holds the final epoch ({start_epoch - 1}); redoing the final evaluation and '
+                     f'export')
+        eval_metrics, evaluator = evaluate_on(eval_loader, distributed=args.distributed)
+    if saver is None:
         return eval_metrics
     selected = 'last epoch'
     if args.select_on == 'val':  # the best epoch on the val split, tested on the test split (the official protocol)
-        model.load_state_dict(load_training_checkpoint(os.path.join(output_dir, 'model_best.pth.tar'))['state_dict'])
+        model.load_state_dict(load_training_checkpoint(os.path.join(output_dir, BEST_CHECKPOINT))['state_dict'])
         test_set = create_lt_dataset(args.dataset, args.data_dir, split=args.test_split, is_training=False,
                                      **lt_kwargs)
         test_loader = create_lt_loader(test_set, batch_size=args.validation_batch_size or args.batch_size,
                                        is_training=False, **loader_kwargs)
-        eval_metrics, evaluator = evaluate(
-            model, test_loader, device=device, num_classes=len(class_counts), class_counts=class_counts,
-            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress)
+        eval_metrics, evaluator = evaluate_on(test_loader)
         selected = f'epoch {saver.best_epoch}, best {args.eval_metric} on {args.val_split}, tested on {args.test_split}'
     # the deployable result: the last (or best-val) epoch's backbone; an epoch selected on the test split would flatter
     save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
                     data_config=data_config)
-    evaluator.per_class().to_csv(os.path.join(output_dir, 'per_class.csv'), index=False)
     plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
     plot_training_curves(os.path.join(output_dir, 'summary.csv'), os.path.join(output_dir, 'curves.png'))
+    with atomic_write(os.path.join(output_dir, 'per_class.csv'), newline='') as f:  # last: it marks the run ended
+        evaluator.per_class().to_csv(f, index=False)
     result = dict(eval_metrics, selected=selected, best_metric=saver.best_metric, best_epoch=saver.best_epoch,
                   output_dir=output_dir)
     _logger.info(f'final ({selected}): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',

@@ -25,13 +25,14 @@ from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check
     has_cosine_classifier, linear_to_cosine, set_cosine_classifier, unwrap_checkpoint
 
 __all__ = ['CheckpointError', 'RunCheckpointSaver', 'RunState', 'checkpoint_extras', 'find_resume_checkpoint',
-           'load_training_checkpoint', 'create_eval_model', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT']
+           'load_training_checkpoint', 'create_eval_model', 'BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT']
 
 _logger = logging.getLogger(__name__)
 
 # timm's CheckpointSaver names: every save goes to TMP_CHECKPOINT first, then replaces LAST_CHECKPOINT.
 LAST_CHECKPOINT = 'last.pth.tar'
 TMP_CHECKPOINT = 'tmp.pth.tar'
+BEST_CHECKPOINT = 'model_best.pth.tar'
 
 
 def checkpoint_extras(
@@ -53,6 +54,15 @@ def checkpoint_extras(
     if isinstance(model, ResNet) and has_cosine_classifier(model):  # set after creation, so not in the kwargs
         extras[COSINE_CLASSIFIER_KEY] = True
     return extras
+
+
+def _checkpoint_epoch(path: str) -> Optional[int]:
+    """The epoch a checkpoint file holds, read without loading its tensors; None when it is missing or unreadable."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=True).get('epoch')
+    except Exception:  # missing, partial or foreign: not the checkpoint sought
+        return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -197,6 +207,22 @@ class RunCheckpointSaver(CheckpointSaver):
         resumed_last = os.path.abspath(path) == os.path.abspath(os.path.join(self.checkpoint_dir, LAST_CHECKPOINT))
         if resumed_last and epoch is not None and not os.path.exists(self._checkpoint_path(epoch)):
             self._retain(epoch, metric)
+        self._repair_best()
+
+    def _repair_best(self) -> None:
+        """Make ``model_best.pth.tar`` hold the recorded best epoch again, when a kill came after the epoch's numbered
+        copy but before ``model_best`` was replaced (``--select-on val`` would export an older epoch)."""
+        best = os.path.join(self.checkpoint_dir, BEST_CHECKPOINT)
+        if self.best_epoch is None or _checkpoint_epoch(best) == self.best_epoch:
+            return
+        for source in (self._checkpoint_path(self.best_epoch), os.path.join(self.checkpoint_dir, LAST_CHECKPOINT)):
+            if _checkpoint_epoch(source) == self.best_epoch:
+                self._duplicate(source, best)
+                _logger.warning(f'{best} did not hold the best epoch {self.best_epoch} (a kill interrupted its '
+                                f'update); copied it from {source}')
+                return
+        _logger.warning(f'{best} does not hold the best epoch {self.best_epoch}, and no checkpoint of that epoch is '
+                        f'left to restore it from')
 
 
 def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:

@@ -1,0 +1,177 @@
+"""Kills, crashes and bad states at every step of a run lose nothing and are never silently wrong (issue 23).
+
+A kill is injected deterministically: the chosen write, rename or link into the run folder raises ``_Killed``, a
+``BaseException`` like the ``SystemExit`` of a signal handler, so nothing after that point runs.
+"""
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rsg_timm.checkpoint import RunCheckpointSaver, create_eval_model, load_training_checkpoint
+from rsg_timm.engine import DivergedError
+
+from helpers import load_script, train_args
+
+train_script = load_script('train.py')
+
+# --val-split val: on the demo, the test images under another name; --select-on val exports model_best.pth.tar
+RECIPE = ['--model', 'rsg_resnet20', '--rsg-epoch-thresh', '0', '--select-on', 'val', '--val-split', 'val']
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after the point where it is raised runs."""
+
+
+class _KillSwitch:
+    """Records every ``torch.save``, ``os.replace`` and ``os.link`` into ``run_dir`` as ``'<call> <file name>'``, and
+    raises :class:`_Killed` at step ``kill_at`` (counted from 0)."""
+
+    def __init__(self, monkeypatch, run_dir, kill_at=None):
+        self.run_dir, self.kill_at, self.steps = os.path.realpath(run_dir), kill_at, []
+        for module, name, dst_index in ((torch, 'save', 1), (os, 'replace', 1), (os, 'link', 1)):
+            monkeypatch.setattr(module, name, self._wrap(f'{module.__name__}.{name}', getattr(module, name),
+                                                         dst_index))
+
+    def _wrap(self, call, fn, dst_index):
+        def step(*args, **kwargs):
+            dst = args[dst_index] if len(args) > dst_index else None
+            if isinstance(dst, (str, os.PathLike)) and os.path.realpath(os.path.dirname(os.fspath(dst))) == \
+                    self.run_dir:
+                self.steps.append(f'{call} {os.path.basename(dst)}')
+                if len(self.steps) - 1 == self.kill_at:
+                    raise _Killed(self.steps[-1])
+            return fn(*args, **kwargs)
+        return step
+
+
+def _train(data, out, experiment, *extra):
+    return train_script.main(train_args(data, out, experiment, *RECIPE, *extra))
+
+
+def _resume(run_dir):
+    return train_script.main(['--resume', str(run_dir), '--no-progress', '--log-interval', '0'])
+
+
+def _resume_end(run_dir):
+    """Resume a copy of a finished run as one whose end was cut short: it redoes the final evaluation and export
+    (a run that ended completely is refused as having nothing to resume)."""
+    os.remove(run_dir / 'per_class.csv')
+    return _resume(run_dir)
+
+
+@pytest.fixture(scope='module')
+def straight(tiny_demo, tmp_path_factory):
+    """The uninterrupted run every killed one must end up as, and its steps (writes, renames, links)."""
+    run_dir = tmp_path_factory.mktemp('straight') / 'run'
+    with pytest.MonkeyPatch.context() as patch:
+        switch = _KillSwitch(patch, run_dir)
+        result = _train(tiny_demo, run_dir.parent, run_dir.name)
+    assert result['best_epoch'] == 1  # so a kill before model_best's update in epoch 1 would export epoch 0
+    return run_dir, switch.steps
+
+
+def _final_epoch_steps(steps):
+    """Indices of the steps from the last epoch's checkpoint write to the end of the export."""
+    first = max(i for i, step in enumerate(steps) if step == 'torch.save tmp.pth.tar')
+    return list(range(first, len(steps)))
+
+
+def _assert_same_run(run_dir, straight_dir):
+    for name in ('last.pth.tar', 'model_best.pth.tar'):
+        got, want = (load_training_checkpoint(os.path.join(d, name)) for d in (run_dir, straight_dir))
+        assert got['epoch'] == want['epoch'], name
+        for key, value in want['state_dict'].items():
+            assert torch.equal(got['state_dict'][key], value), (name, key)
+    got, want = (load_file(os.path.join(d, 'model.safetensors')) for d in (run_dir, straight_dir))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    for name in ('config.json', 'per_class.csv'):
+        with open(os.path.join(run_dir, name)) as f, open(os.path.join(straight_dir, name)) as g:
+            assert f.read() == g.read(), name
+    create_eval_model(f'local-dir:{run_dir}')
+
+
+def _kill_and_resume(tiny_demo, tmp_path, monkeypatch, straight, step):
+    straight_dir, steps = straight
+    run_dir = tmp_path / 'run'
+    with monkeypatch.context() as patch:
+        _KillSwitch(patch, run_dir, kill_at=step)
+        with pytest.raises(_Killed, match=steps[step]):
+            _train(tiny_demo, tmp_path, 'run')
+    result = _resume(run_dir)
+    assert result['best_epoch'] == 1 and result['output_dir'] == str(run_dir)
+    _assert_same_run(run_dir, straight_dir)
+
+
+# --- 1 and 2. a kill in the final epoch or the export: --resume completes the run as if it had not happened -------
+
+@pytest.mark.parametrize('step_name', ['os.link model_best.pth.tar.partial', 'os.replace model.safetensors'])
+def test_resume_completes_a_run_killed_in_its_final_save_or_export(step_name, tiny_demo, tmp_path, monkeypatch,
+                                                                   straight):
+    steps = straight[1]
+    step = max(i for i, s in enumerate(steps) if s == step_name)
+    _kill_and_resume(tiny_demo, tmp_path, monkeypatch, straight, step)
+
+
+@pytest.mark.slow
+def test_every_kill_point_of_the_final_epoch_and_export_resumes_to_the_uninterrupted_run(tiny_demo, tmp_path,
+                                                                                        monkeypatch, straight):
+    for step in _final_epoch_steps(straight[1]):
+        _kill_and_resume(tiny_demo, tmp_path / str(step), monkeypatch, straight, step)
+
+
+def test_a_kill_before_model_best_is_replaced_is_repaired_on_resume(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    saver = RunCheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), checkpoint_dir=str(tmp_path),
+                               recovery_dir=str(tmp_path))
+    saver.save_checkpoint(0, metric=1.0)
+    with monkeypatch.context() as patch:
+        _KillSwitch(patch, tmp_path, kill_at=4)  # save tmp, replace last, link + replace checkpoint-1, then killed
+        with pytest.raises(_Killed, match='model_best'):
+            saver.save_checkpoint(1, metric=2.0)
+    assert os.path.isfile(tmp_path / 'checkpoint-1.pth.tar')
+    assert load_training_checkpoint(str(tmp_path / 'model_best.pth.tar'))['epoch'] == 0
+    last = str(tmp_path / 'last.pth.tar')
+    resumed = RunCheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), checkpoint_dir=str(tmp_path),
+                                 recovery_dir=str(tmp_path))
+    resumed.restore(load_training_checkpoint(last), last)
+    assert load_training_checkpoint(str(tmp_path / 'model_best.pth.tar'))['epoch'] == resumed.best_epoch == 1
+
+
+# --- 5. args.yaml is replaced in one step, and only when the flags changed -----------------------------------------
+
+def test_args_yaml_survives_a_kill_while_written_and_is_left_alone_when_unchanged(straight, tmp_path, monkeypatch):
+    run_dir = tmp_path / 'run'
+    shutil.copytree(straight[0], run_dir)
+    before = (run_dir / 'args.yaml').read_text()
+    with monkeypatch.context() as patch:
+        patch.setattr(train_script.yaml, 'safe_dump', lambda *args, **kwargs: (_ for _ in ()).throw(_Killed()))
+        with pytest.raises(_Killed):
+            _resume_end(run_dir)
+    assert (run_dir / 'args.yaml').read_text() == before
+    _resume(run_dir)  # records the --resume
+    resumed = os.stat(run_dir / 'args.yaml')
+    _resume_end(run_dir)
+    assert os.stat(run_dir / 'args.yaml').st_mtime_ns == resumed.st_mtime_ns
+
+
+# --- 6. a diverged epoch is not saved, and the message names the checkpoint to continue from ----------------------
+
+def test_a_diverged_epoch_is_not_saved_and_the_last_good_checkpoint_is_named(tiny_demo, tmp_path, monkeypatch):
+    real = train_script.train_one_epoch
+
+    def diverges_in_epoch_1(*args, **kwargs):
+        metrics = real(*args, **kwargs)
+        return dict(metrics, ce=1e6) if kwargs['epoch'] == 1 else metrics
+    monkeypatch.setattr(train_script, 'train_one_epoch', diverges_in_epoch_1)
+    run_dir = tmp_path / 'run'
+    with pytest.raises(DivergedError, match=f'epoch 1 was saved; the last good checkpoint is {run_dir}/last.pth.tar '
+                                            f'\\(epoch 0\\): continue with --resume {run_dir}/last.pth.tar'):
+        _train(tiny_demo, tmp_path, 'run')
+    for name in ('last.pth.tar', 'model_best.pth.tar'):
+        assert load_training_checkpoint(str(run_dir / name))['epoch'] == 0
+    assert not (run_dir / 'checkpoint-1.pth.tar').exists()
+    with open(run_dir / 'summary.csv') as f:
+        assert [line.split(',')[0] for line in f.read().splitlines()[1:]] == ['0']
