@@ -21,7 +21,6 @@ from typing import List, Optional
 
 import pandas as pd
 import torch
-import yaml
 from timm.data import resolve_data_config
 from timm.utils import ParseKwargs, setup_default_logging
 
@@ -34,6 +33,7 @@ from rsg_timm.export import strip_rsg
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
 from rsg_timm.models.pretrained import load_pretrained_tags
 from rsg_timm.posthoc import has_cosine_classifier, logit_adjust, tau_normalize, training_logit_scale
+from rsg_timm.run_folder import read_args_yaml
 
 _logger = logging.getLogger('validate')
 
@@ -119,10 +119,7 @@ def _training_record(model_name: str, checkpoint_path: str, cache_dir: Optional[
     else:
         entry = load_pretrained_tags().get(model_name, {})
         return dict(entry.get('train_args', {}), class_counts=entry.get('class_counts'))
-    if path and os.path.isfile(path):
-        with open(path) as f:
-            return yaml.safe_load(f) or {}
-    return {}
+    return read_args_yaml(path) if path and os.path.isfile(path) else {}
 
 
 def _resolve_dataset(args: argparse.Namespace, record: dict) -> None:

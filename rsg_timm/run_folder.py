@@ -20,7 +20,7 @@ import yaml
 
 from .atomic import atomic_write
 
-__all__ = ['TrainingRun', 'read_run', 'new_run_dir', 'create_run_dir', 'truncate_summary']
+__all__ = ['TrainingRun', 'read_run', 'read_args_yaml', 'new_run_dir', 'create_run_dir', 'truncate_summary']
 
 
 @dataclasses.dataclass
@@ -66,10 +66,23 @@ def read_run(run_dir: Any) -> TrainingRun:
     if not (run_dir / 'args.yaml').is_file():
         raise FileNotFoundError(f'{str(run_dir)!r} is not a train.py run folder: it has no args.yaml (a run holds '
                                 f'args.yaml, summary.csv, last.pth.tar and its model.safetensors + config.json)')
-    args = yaml.safe_load((run_dir / 'args.yaml').read_text()) or {}
+    args = read_args_yaml(run_dir / 'args.yaml')
     tables = {name: pd.read_csv(run_dir / f'{name}.csv') if (run_dir / f'{name}.csv').is_file() else None
               for name in ('summary', 'per_class')}
     return TrainingRun(run_dir, args, **tables)
+
+
+def read_args_yaml(path: Any) -> Dict[str, Any]:
+    """A run's recorded flags; an empty or broken file is refused, as everything read from it would silently fall
+    back to defaults."""
+    try:
+        args = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        args = e
+    if not isinstance(args, dict) or not args:
+        raise ValueError(f'{path} is empty or not a mapping of flags, so the run\'s recipe is unknown; in a run '
+                         f'folder, python train.py --resume {Path(path).parent} writes it again from the checkpoint')
+    return args
 
 
 def new_run_dir(args: argparse.Namespace) -> str:

@@ -12,10 +12,13 @@ from safetensors.torch import load_file
 
 from rsg_timm.checkpoint import RunCheckpointSaver, create_eval_model, load_training_checkpoint
 from rsg_timm.engine import DivergedError
+from rsg_timm.export import export_run
+from rsg_timm.run_folder import read_run
 
 from helpers import load_script, train_args
 
 train_script = load_script('train.py')
+validate_script = load_script('validate.py')
 
 # --val-split val: on the demo, the test images under another name; --select-on val exports model_best.pth.tar
 RECIPE = ['--model', 'rsg_resnet20', '--rsg-epoch-thresh', '0', '--select-on', 'val', '--val-split', 'val']
@@ -175,3 +178,15 @@ def test_a_diverged_epoch_is_not_saved_and_the_last_good_checkpoint_is_named(tin
     assert not (run_dir / 'checkpoint-1.pth.tar').exists()
     with open(run_dir / 'summary.csv') as f:
         assert [line.split(',')[0] for line in f.read().splitlines()[1:]] == ['0']
+
+
+def test_an_empty_args_yaml_is_refused_and_resume_writes_it_again(straight, tmp_path):
+    run_dir = tmp_path / 'run'
+    shutil.copytree(straight[0], run_dir)
+    (run_dir / 'args.yaml').write_text('')
+    for read in (read_run, lambda run: export_run(run, tmp_path / 'staged'),
+                 lambda run: validate_script._training_record(f'local-dir:{run}', '')):
+        with pytest.raises(ValueError, match=f'{run_dir}/args.yaml is empty .*--resume {run_dir} writes it again'):
+            read(run_dir)
+    _resume(run_dir)
+    assert read_run(run_dir).args['lr'] == 0.1
