@@ -249,6 +249,25 @@ def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dic
     return config
 
 
+def _check_export_classes(config: Dict[str, Any], model: nn.Module, model_name: str) -> None:
+    """Refuse an export whose ``config.json`` disagrees on the class count: timm builds the head from
+    ``model_args`` but loads the weights' head only when ``pretrained_cfg`` agrees, else leaves it random."""
+    labels = config.get(LABEL_NAMES_KEY) or config.get('label_names')
+    counts = {
+        'the built model': model.num_classes,
+        'num_classes': config.get('num_classes'),
+        'model_args.num_classes': (config.get('model_args') or {}).get('num_classes'),
+        'pretrained_cfg.num_classes': (config.get('pretrained_cfg') or {}).get('num_classes'),
+        CLASS_COUNTS_KEY: None if config.get(CLASS_COUNTS_KEY) is None else len(config[CLASS_COUNTS_KEY]),
+        LABEL_NAMES_KEY: None if labels is None else len(labels),
+    }
+    counts = {k: v for k, v in counts.items() if v is not None}
+    if len(set(counts.values())) > 1:
+        raise CheckpointError(f'{model_name}: its config.json disagrees on the number of classes ('
+                              + ', '.join(f'{k} {v}' for k, v in counts.items())
+                              + '), so the classifier would not be the trained one; re-export the model')
+
+
 def create_eval_model(
         model_name: str,
         checkpoint_path: str = '',
@@ -282,6 +301,7 @@ def create_eval_model(
         except TypeError as e:  # config.json's model_args belong to another architecture
             raise CheckpointError(f'{model_name}: its config.json does not fit {config["architecture"]} '
                                   f'({_first_line(e)}); re-export the model') from None
+        _check_export_classes(config, model, model_name)
         if config.get(COSINE_CLASSIFIER_KEY):
             linear_to_cosine(model)  # the export's linear fc stands for a cosine head: restore its logits
         return model, config.get(CLASS_COUNTS_KEY), config.get(LABEL_NAMES_KEY) or config.get('label_names')

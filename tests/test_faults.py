@@ -3,6 +3,7 @@
 A kill is injected deterministically: the chosen write, rename or link into the run folder raises ``_Killed``, a
 ``BaseException`` like the ``SystemExit`` of a signal handler, so nothing after that point runs.
 """
+import json
 import os
 import shutil
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rsg_timm.checkpoint import RunCheckpointSaver, create_eval_model, load_training_checkpoint
+from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, load_training_checkpoint
 from rsg_timm.engine import DivergedError
 from rsg_timm.export import export_run
 from rsg_timm.run_folder import read_run
@@ -190,3 +191,20 @@ def test_an_empty_args_yaml_is_refused_and_resume_writes_it_again(straight, tmp_
             read(run_dir)
     _resume(run_dir)
     assert read_run(run_dir).args['lr'] == 0.1
+
+
+# --- 7. an export whose config.json disagrees on the class count is refused, not run with a random head ----------
+
+@pytest.mark.parametrize('edit', [
+    lambda c: c['model_args'].update(num_classes=5),  # timm then drops the weights' head for a random one
+    lambda c: c.update(num_classes=5),
+    lambda c: c.update(class_counts=[3, 2, 1]),
+], ids=['model_args', 'num_classes', 'class_counts'])
+def test_an_export_disagreeing_on_its_class_count_is_refused(edit, straight, tmp_path):
+    for name in ('config.json', 'model.safetensors'):
+        shutil.copy(straight[0] / name, tmp_path / name)
+    config = json.loads((tmp_path / 'config.json').read_text())
+    edit(config)
+    (tmp_path / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match='config.json disagrees on the number of classes .*re-export'):
+        validate_script.main(['--model', f'local-dir:{tmp_path}', '--data-dir', 'unused'])
