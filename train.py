@@ -7,6 +7,7 @@ concept; YAML from ``--config`` sets defaults, explicit flags win, and the resol
 Pass a plain backbone (``--model cifar_resnet32``) to train the same network without RSG.
 """
 import argparse
+import contextlib
 import copy
 import datetime
 import functools
@@ -39,7 +40,7 @@ from rsg_timm.models import is_rsg_model
 from rsg_timm.recipes import EPOCH_SWITCHES, create_lr_scheduler, create_recipe_model, create_recipe_optimizer, \
     rescale_schedule, resolve_recipe
 from rsg_timm.resume import fork_run, resume_run
-from rsg_timm.run_folder import create_run_dir, new_run_dir, truncate_summary
+from rsg_timm.run_folder import create_run_dir, lock_run_dir, new_run_dir, truncate_summary
 
 _logger = logging.getLogger('train')
 
@@ -387,6 +388,11 @@ def _format_duration(seconds: float) -> str:
 
 
 def main(argv=None) -> dict:
+    with contextlib.ExitStack() as cleanup:  # the run folder's lock, held until the run ends however it ends
+        return _train(argv, cleanup)
+
+
+def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     setup_default_logging()
     logging.getLogger('timm.utils.checkpoint_saver').addFilter(_drop_checkpoint_list)
     args = _parse_args(argv)
@@ -398,6 +404,8 @@ def main(argv=None) -> dict:
     resolve_recipe(args)
     output_dir = new_run_dir(args)
     device = init_distributed_device(args)
+    if args.resume and is_primary(args):  # before any work: another process may be writing this folder
+        cleanup.enter_context(lock_run_dir(output_dir))
     if device.type == 'cpu':
         # Once trained, RSG's generation phase produces denormal floats; without flushing them a CPU step took
         # ~4.5x longer (CIFAR-10-LT, rsg_resnet32). Values below 1e-38 becoming zero changes nothing measurable.
@@ -462,6 +470,8 @@ def main(argv=None) -> dict:
     saver = None
     if is_primary(args):
         output_dir = create_run_dir(output_dir, args)
+        if not args.resume:
+            cleanup.enter_context(lock_run_dir(output_dir))
         saver = RunCheckpointSaver(model, optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
                                    recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
                                    max_history=args.checkpoint_hist, task=run)

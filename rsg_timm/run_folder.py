@@ -3,24 +3,31 @@ a run resumes, and reading it back for model cards and result tables.
 
 A run folder holds ``args.yaml`` (the resolved flags), ``summary.csv`` (one row per finished epoch), the training
 checkpoints (``last.pth.tar``, ``checkpoint-<epoch>.pth.tar``, ``model_best.pth.tar``), and once the run ends the
-export (``model.safetensors``, ``config.json``), ``per_class.csv`` and the figures.
+export (``model.safetensors``, ``config.json``), ``per_class.csv`` and the figures; ``.train.lock`` names the process
+writing it (:func:`lock_run_dir`).
 
 Hacked together for rsg_timm; Apache-2.0.
 """
 import argparse
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import os
+import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import pandas as pd
 import yaml
 
 from .atomic import atomic_write
 
-__all__ = ['TrainingRun', 'read_run', 'read_args_yaml', 'new_run_dir', 'create_run_dir', 'truncate_summary']
+__all__ = ['TrainingRun', 'read_run', 'read_args_yaml', 'new_run_dir', 'create_run_dir', 'lock_run_dir',
+           'truncate_summary', 'LOCK_FILE']
+
+LOCK_FILE = '.train.lock'
 
 
 @dataclasses.dataclass
@@ -120,6 +127,29 @@ def create_run_dir(run_dir: str, args: argparse.Namespace) -> str:
                 raise ValueError(f'run folder {run_dir} was just created by another run: choose another '
                                  f'--experiment') from None
     raise ValueError(f'no free run folder name {run_dir}-<n>; pass --experiment')
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str) -> Iterator[None]:
+    """Hold ``run_dir``'s lock while the block runs, so that one run folder has one writer: a second ``--resume``
+    of a running run would interleave ``summary.csv`` rows and overwrite the other's checkpoints.
+
+    The lock is an ``flock`` on ``.train.lock``, which the kernel drops when its holder dies, so a run killed with
+    ``kill -9`` leaves no stale lock; the file names the holder for the message.
+    """
+    with open(os.path.join(run_dir, LOCK_FILE), 'a+') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or 'another process'
+            raise ValueError(f'{run_dir} is in use by {holder}: one run folder has one writer; wait for that run to '
+                             f'end or stop it, then --resume {run_dir}') from None
+        f.seek(0)
+        f.truncate()
+        f.write(f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+        f.flush()
+        yield
 
 
 def truncate_summary(path: str, start_epoch: int) -> None:

@@ -6,6 +6,10 @@ A kill is injected deterministically: the chosen write, rename or link into the 
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,9 +18,9 @@ from safetensors.torch import load_file
 from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, load_training_checkpoint
 from rsg_timm.engine import DivergedError
 from rsg_timm.export import export_run
-from rsg_timm.run_folder import read_run
+from rsg_timm.run_folder import LOCK_FILE, lock_run_dir, read_run
 
-from helpers import load_script, train_args
+from helpers import REPO_DIR, load_script, train_args
 
 train_script = load_script('train.py')
 validate_script = load_script('validate.py')
@@ -208,3 +212,27 @@ def test_an_export_disagreeing_on_its_class_count_is_refused(edit, straight, tmp
     (tmp_path / 'config.json').write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match='config.json disagrees on the number of classes .*re-export'):
         validate_script.main(['--model', f'local-dir:{tmp_path}', '--data-dir', 'unused'])
+
+
+# --- 3. one run folder has one writer; a writer killed with kill -9 leaves no stale lock ---------------------------
+
+def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(straight, tmp_path):
+    run_dir = tmp_path / 'run'
+    shutil.copytree(straight[0], run_dir)
+    before = os.stat(run_dir / 'last.pth.tar').st_mtime_ns, (run_dir / 'summary.csv').read_text()
+    with lock_run_dir(str(run_dir)):
+        with pytest.raises(ValueError, match=f'{run_dir} is in use by pid {os.getpid()} on {socket.gethostname()} '
+                                             f'since .*wait for that run to end'):
+            _resume(run_dir)
+    assert (os.stat(run_dir / 'last.pth.tar').st_mtime_ns, (run_dir / 'summary.csv').read_text()) == before
+
+
+def test_the_lock_of_a_writer_killed_with_sigkill_is_taken_over(tmp_path):
+    holder = subprocess.run(
+        [sys.executable, '-c', 'import os, signal, sys; from rsg_timm.run_folder import lock_run_dir\n'
+                               'with lock_run_dir(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)',
+         str(tmp_path)], env=dict(os.environ, PYTHONPATH=REPO_DIR), capture_output=True, text=True)
+    assert holder.returncode == -signal.SIGKILL, holder.stderr
+    assert (tmp_path / LOCK_FILE).read_text().startswith('pid ')  # left behind, as after a real kill -9
+    with lock_run_dir(str(tmp_path)):
+        assert (tmp_path / LOCK_FILE).read_text().startswith(f'pid {os.getpid()} ')
