@@ -14,8 +14,10 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, load_training_checkpoint
+from rsg_timm.data import create_lt_dataset
 from rsg_timm.engine import DivergedError
 from rsg_timm.export import export_run
 from rsg_timm.run_folder import LOCK_FILE, lock_run_dir, read_run
@@ -236,3 +238,36 @@ def test_the_lock_of_a_writer_killed_with_sigkill_is_taken_over(tmp_path):
     assert (tmp_path / LOCK_FILE).read_text().startswith('pid ')  # left behind, as after a real kill -9
     with lock_run_dir(str(tmp_path)):
         assert (tmp_path / LOCK_FILE).read_text().startswith(f'pid {os.getpid()} ')
+
+
+# --- 4. symbolic links in an ImageFolder tree never train an image twice or under another class --------------------
+
+def _image_tree(root, layout):
+    for relative in layout:
+        os.makedirs(os.path.dirname(root / relative), exist_ok=True)
+        (root / relative).write_bytes(b'not empty')
+    return root
+
+
+def test_a_folder_tree_lists_its_images_as_imagefolder_does(tmp_path):
+    train = _image_tree(tmp_path / 'train', ['b/1.png', 'a/2.jpg', 'a/sub/1.png', 'a/sub b/3.png', 'a/1.png',
+                                             'a/notes.txt', 'c/x/y/4.png'])
+    os.makedirs(tmp_path / 'outside')
+    (tmp_path / 'outside' / '5.png').write_bytes(b'not empty')
+    os.symlink(tmp_path / 'outside', train / 'b' / 'linked')  # a linked folder reached once is fine
+    classes, class_to_idx = find_classes(str(train))
+    expected = make_dataset(str(train), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    assert create_lt_dataset('folder_lt', str(tmp_path), split='train').samples == expected
+
+
+@pytest.mark.parametrize('link,target,match', [
+    ('a/loop', '..', r'train/a/loop leads to .*train again \(a symbolic link loop'),
+    ('a/self', '.', r'train/a/self leads to .*train/a again'),
+    ('a/other', '../b', r'train/b leads to .*train/a/other again'),
+    ('b/2.png', '../a/1.png', r'train/b/2.png and .*train/a/1.png are one image file'),
+])
+def test_symbolic_link_loops_and_duplicates_in_a_folder_tree_are_refused(link, target, match, tmp_path):
+    train = _image_tree(tmp_path / 'train', ['a/1.png', 'b/1.png'])
+    os.symlink(target, train / link)
+    with pytest.raises(ValueError, match=match):
+        create_lt_dataset('folder_lt', str(tmp_path), split='train')
