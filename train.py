@@ -27,7 +27,7 @@ from timm.utils import (ParseKwargs, distribute_bn, init_distributed_device, is_
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.atomic import atomic_write
 from rsg_timm.cli import run_cli, set_interrupt_hint
-from rsg_timm.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, RunCheckpointSaver, RunState, \
+from rsg_timm.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, VERSION_KEY, RunCheckpointSaver, RunState, \
     find_resume_checkpoint, load_training_checkpoint
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
     list_lt_datasets, list_samplers, sampler_kwargs
@@ -291,6 +291,24 @@ def _restore_recipe(args: argparse.Namespace, saved: argparse.Namespace, given: 
                                                               else ''))
 
 
+def _report_recipe_changes(args: argparse.Namespace, checkpoint: dict, given: set, path: str) -> None:
+    """List the recipe flags that resolve differently now than in the resumed run and were not given now: a flag the
+    run predates, or a default or rule changed between versions, would otherwise change its trajectory silently."""
+    stored = vars(checkpoint.get('args') or argparse.Namespace())
+    changed = []
+    for name in sorted(_arg_names(_build_parser()) - _NOT_RESTORED - given):
+        flag = f'--{name.replace("_", "-")} {getattr(args, name)}'
+        if name not in stored:
+            changed.append(f'{flag} (the run predates the flag)')
+        elif stored[name] != getattr(args, name):
+            changed.append(f'{flag} (the run had {stored[name]})')
+    if changed:
+        version = checkpoint.get(VERSION_KEY)
+        _logger.warning(f'{path} was written by {f"rsg_timm {version}" if version else "an unrecorded version"}, '
+                        f'this is rsg_timm {rsg_timm.__version__}; the resumed recipe differs in: {", ".join(changed)}. '
+                        f'Pass the run\'s values explicitly to keep them.')
+
+
 def _load_resume(args: argparse.Namespace, argv) -> dict:
     """Find and read the ``--resume`` checkpoint, and restore the run's flags into ``args``."""
     args.resume = find_resume_checkpoint(args.resume)
@@ -402,6 +420,8 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     if args.imb_type is None:
         args.imb_type = default_imb_type(args.dataset)
     resolve_recipe(args)
+    if checkpoint is not None:
+        _report_recipe_changes(args, checkpoint, _given_names(argv), args.resume)
     output_dir = new_run_dir(args)
     device = init_distributed_device(args)
     if args.resume and is_primary(args):  # before any work: another process may be writing this folder

@@ -23,9 +23,11 @@ from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
 from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check_rsg_family, check_state_dict_fits, \
     has_cosine_classifier, linear_to_cosine, set_cosine_classifier, unwrap_checkpoint
+from .version import __version__
 
 __all__ = ['CheckpointError', 'RunCheckpointSaver', 'RunState', 'checkpoint_extras', 'find_resume_checkpoint',
-           'load_training_checkpoint', 'create_eval_model', 'BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT']
+           'load_training_checkpoint', 'create_eval_model', 'BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT',
+           'VERSION_KEY']
 
 _logger = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ _logger = logging.getLogger(__name__)
 LAST_CHECKPOINT = 'last.pth.tar'
 TMP_CHECKPOINT = 'tmp.pth.tar'
 BEST_CHECKPOINT = 'model_best.pth.tar'
+VERSION_KEY = 'rsg_timm_version'
 
 
 def checkpoint_extras(
@@ -50,6 +53,7 @@ def checkpoint_extras(
         'backbone_kwargs': dict(getattr(model, 'backbone_kwargs', None)
                                 or dict(getattr(model, '_model_args', {}), num_classes=model.num_classes)),
         'rng_state': torch.get_rng_state(),
+        VERSION_KEY: __version__,  # a resume under another version lists what resolves differently
     }
     if isinstance(model, ResNet) and has_cosine_classifier(model):  # set after creation, so not in the kwargs
         extras[COSINE_CLASSIFIER_KEY] = True

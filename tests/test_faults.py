@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+import rsg_timm
 from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, load_training_checkpoint
 from rsg_timm.data import create_lt_dataset
 from rsg_timm.engine import DivergedError
@@ -271,3 +272,27 @@ def test_symbolic_link_loops_and_duplicates_in_a_folder_tree_are_refused(link, t
     os.symlink(target, train / link)
     with pytest.raises(ValueError, match=match):
         create_lt_dataset('folder_lt', str(tmp_path), split='train')
+
+
+# --- 8. checkpoints record the package version; a resume lists what resolves differently from the run ------------
+
+def test_a_resume_lists_the_recipe_changes_an_older_checkpoint_would_take_silently(straight, tmp_path, caplog):
+    run_dir = tmp_path / 'run'
+    shutil.copytree(straight[0], run_dir)
+    last = run_dir / 'last.pth.tar'
+    checkpoint = load_training_checkpoint(str(last))
+    assert checkpoint['rsg_timm_version'] == rsg_timm.__version__
+    with caplog.at_level('WARNING', logger='train'):
+        _resume_end(run_dir)
+    assert 'resumed recipe differs' not in caplog.text
+    # as an older version wrote it: no version, a flag it predates, a warm-up this version resolves differently
+    del checkpoint['rsg_timm_version']
+    checkpoint['args'].warmup_epochs = 4  # this version shortens a warm-up as long as the run (2 epochs) to 0
+    del checkpoint['args'].dp_replicas
+    torch.save(checkpoint, last)
+    caplog.clear()
+    with caplog.at_level('WARNING', logger='train'):
+        _resume_end(run_dir)
+    assert (f'{last} was written by an unrecorded version, this is rsg_timm {rsg_timm.__version__}; the resumed '
+            f'recipe differs in: --dp-replicas 1 (the run predates the flag), --warmup-epochs 0 (the run had 4)'
+            in caplog.text)
