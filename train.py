@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -27,8 +28,8 @@ from timm.utils import (ParseKwargs, distribute_bn, init_distributed_device, is_
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.atomic import atomic_write
 from rsg_timm.cli import run_cli, set_interrupt_hint
-from rsg_timm.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, VERSION_KEY, RunCheckpointSaver, RunState, \
-    find_resume_checkpoint, load_training_checkpoint
+from rsg_timm.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, VERSION_KEY, CheckpointError, RunCheckpointSaver, \
+    RunState, find_resume_checkpoint, load_training_checkpoint
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
     list_lt_datasets, list_samplers, sampler_kwargs
 from rsg_timm.data_parallel import EmulatedDataParallel
@@ -244,13 +245,27 @@ def _scale_config_switches(args: argparse.Namespace, cfg: dict, given: set, path
                      f'{args.epochs}: ' + ', '.join(f'--{k.replace("_", "-")} {getattr(args, k)}' for k in switches))
 
 
+def _read_config(path: str) -> dict:
+    """The flags of a ``--config`` YAML file (such as a run's ``args.yaml``), or an error naming the file."""
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f'--config {path}: cannot read it as YAML ({reason}); fix the file or pass the flags '
+                         f'on the command line') from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f'--config {path}: holds a {type(cfg).__name__}, not a mapping of argument names to values '
+                         f'(e.g. "batch_size: 64")')
+    return cfg
+
+
 def _parse_args(argv=None) -> argparse.Namespace:
     args_config, remaining = config_parser.parse_known_args(argv)
     parser = _build_parser()
     cfg = {}
     if args_config.config:
-        with open(args_config.config) as f:
-            cfg = yaml.safe_load(f) or {}
+        cfg = _read_config(args_config.config)
         unknown = sorted(set(cfg) - _arg_names(parser))
         if unknown:
             parser.error(f'{args_config.config}: unknown keys {unknown} (keys are argument names, e.g. batch_size)')
@@ -272,8 +287,7 @@ def _given_names(argv=None) -> set:
     args_config, remaining = config_parser.parse_known_args(argv)
     given = _command_line_names(remaining)
     if args_config.config:
-        with open(args_config.config) as f:
-            given |= set(yaml.safe_load(f) or {})
+        given |= set(_read_config(args_config.config))
     return given
 
 
@@ -416,6 +430,9 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     args = _parse_args(argv)
     if args.resume and args.fork:
         raise ValueError('--resume continues a run in its own folder, --fork starts a new one: pass one of them')
+    if args.checkpoint_hist < 1:
+        raise ValueError(f'--checkpoint-hist {args.checkpoint_hist}: it is how many of the best epochs\' checkpoints '
+                         f'to keep, at least 1 (model_best.pth.tar and last.pth.tar are always kept)')
     checkpoint = _load_resume(args, argv) if args.resume else None
     if args.imb_type is None:
         args.imb_type = default_imb_type(args.dataset)
@@ -557,12 +574,18 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
         eval_metrics, evaluator = evaluate_on(test_loader)
         selected = f'epoch {saver.best_epoch}, best {args.eval_metric} on {args.val_split}, tested on {args.test_split}'
     # the deployable result: the last (or best-val) epoch's backbone; an epoch selected on the test split would flatter
-    save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
-                    data_config=data_config)
-    plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
-    plot_training_curves(os.path.join(output_dir, 'summary.csv'), os.path.join(output_dir, 'curves.png'))
-    with atomic_write(os.path.join(output_dir, 'per_class.csv'), newline='') as f:  # last: it marks the run ended
-        evaluator.per_class().to_csv(f, index=False)
+    try:
+        save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
+                        data_config=data_config)
+        plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
+        plot_training_curves(os.path.join(output_dir, 'summary.csv'), os.path.join(output_dir, 'curves.png'))
+        with atomic_write(os.path.join(output_dir, 'per_class.csv'), newline='') as f:  # last: it marks the end
+            evaluator.per_class().to_csv(f, index=False)
+    except OSError as e:  # each file is replaced whole, so what is there is complete; the training is kept
+        free_mb = shutil.disk_usage(output_dir).free / 2 ** 20
+        raise CheckpointError(f'could not write the export into {output_dir} ({e.strerror or e}; {free_mb:.0f} MB '
+                              f'free): the training is saved; free space, then --resume {output_dir} completes the '
+                              f'export') from None
     result = dict(eval_metrics, selected=selected, best_metric=saver.best_metric, best_epoch=saver.best_epoch,
                   output_dir=output_dir)
     _logger.info(f'final ({selected}): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',

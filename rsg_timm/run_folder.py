@@ -95,6 +95,8 @@ def read_args_yaml(path: Any) -> Dict[str, Any]:
 def new_run_dir(args: argparse.Namespace) -> str:
     """The run folder; refuses, before any work, a named folder that exists and is not the one being resumed."""
     root = args.output or os.path.join('output', 'train')
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(f'--output {root} is a file; pass a folder (the run goes to OUTPUT/<experiment>)')
     if args.resume:
         run_dir = os.path.dirname(os.path.abspath(args.resume))
         named = os.path.join(root, args.experiment or os.path.basename(run_dir))
@@ -116,16 +118,19 @@ def create_run_dir(run_dir: str, args: argparse.Namespace) -> str:
     """Create the run folder atomically, so that no two runs share it; a default name gets a free ``-<n>`` suffix."""
     if args.resume:
         return run_dir
-    os.makedirs(os.path.dirname(run_dir) or '.', exist_ok=True)
     for n in range(1000):
         candidate = run_dir if n == 0 else f'{run_dir}-{n}'
         try:
+            os.makedirs(os.path.dirname(run_dir) or '.', exist_ok=True)
             os.mkdir(candidate)
             return candidate
         except FileExistsError:
             if args.experiment:  # created by another run since new_run_dir checked it
                 raise ValueError(f'run folder {run_dir} was just created by another run: choose another '
                                  f'--experiment') from None
+        except OSError as e:  # read-only, no permission, a file in the way, a full disk
+            raise ValueError(f'cannot create the run folder {candidate} ({e.strerror}): pass an --output you can '
+                             f'write to') from None
     raise ValueError(f'no free run folder name {run_dir}-<n>; pass --experiment')
 
 
@@ -137,7 +142,11 @@ def lock_run_dir(run_dir: str) -> Iterator[None]:
     The lock is an ``flock`` on ``.train.lock``, which the kernel drops when its holder dies, so a run killed with
     ``kill -9`` leaves no stale lock; the file names the holder for the message.
     """
-    with open(os.path.join(run_dir, LOCK_FILE), 'a+') as f:
+    try:
+        lock = open(os.path.join(run_dir, LOCK_FILE), 'a+')
+    except OSError as e:
+        raise ValueError(f'cannot write to the run folder {run_dir} ({e.strerror}); make it writable') from None
+    with lock as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -3,8 +3,10 @@
 A kill is injected deterministically: the chosen write, rename or link into the run folder raises ``_Killed``, a
 ``BaseException`` like the ``SystemExit`` of a signal handler, so nothing after that point runs.
 """
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 import rsg_timm
 from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, load_training_checkpoint
+from rsg_timm.cli import run_cli
 from rsg_timm.data import create_lt_dataset
 from rsg_timm.engine import DivergedError
 from rsg_timm.export import export_run
@@ -29,6 +32,7 @@ train_script = load_script('train.py')
 validate_script = load_script('validate.py')
 
 # --val-split val: on the demo, the test images under another name; --select-on val exports model_best.pth.tar
+QUIET = ['--no-progress', '--log-interval', '0']
 RECIPE = ['--model', 'rsg_resnet20', '--rsg-epoch-thresh', '0', '--select-on', 'val', '--val-split', 'val']
 
 
@@ -63,7 +67,7 @@ def _train(data, out, experiment, *extra):
 
 
 def _resume(run_dir):
-    return train_script.main(['--resume', str(run_dir), '--no-progress', '--log-interval', '0'])
+    return train_script.main(['--resume', str(run_dir), *QUIET])
 
 
 def _resume_end(run_dir):
@@ -296,3 +300,52 @@ def test_a_resume_lists_the_recipe_changes_an_older_checkpoint_would_take_silent
     assert (f'{last} was written by an unrecorded version, this is rsg_timm {rsg_timm.__version__}; the resumed '
             f'recipe differs in: --dp-replicas 1 (the run predates the flag), --warmup-epochs 0 (the run had 4)'
             in caplog.text)
+
+
+# --- 9 and 11. bad flags and files end in one error: line before any work; settings that never act are warned -----
+
+def _cli_error(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: train_script.main(argv))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and lines[-1].startswith('error: '), lines
+    return lines[-1]
+
+
+@pytest.mark.parametrize('flags,config,match', [
+    (['--epochs', '0'], None, '--epochs 0: a run trains at least one epoch'),
+    (['--epochs', '-1'], None, '--epochs -1: a run trains at least one epoch'),
+    (['--checkpoint-hist', '0'], None, '--checkpoint-hist 0: .* at least 1'),
+    ([], 'lr: [0.1\n', 'cfg.yaml: cannot read it as YAML .*fix the file'),
+    ([], '- 0.1\n', 'cfg.yaml: holds a list, not a mapping'),
+    ([], b'\xff\xfe\x00lr', 'cfg.yaml: cannot read it as YAML'),
+    (['--output', '{tmp}/cfg.yaml'], 'lr: 0.1\n', r'--output .*cfg.yaml is a file; pass a folder'),
+    (['--output', '{tmp}/cfg.yaml/runs'], 'lr: 0.1\n', r'cannot create the run folder .*cfg.yaml/runs/x \(Not a '
+                                                       r'directory\): pass an --output you can write to'),
+])
+def test_bad_flags_and_config_files_end_in_one_error_line(flags, config, match, tiny_demo, tmp_path, capsys):
+    argv = ['--data-dir', tiny_demo, '--experiment', 'x', *QUIET, *(f.format(tmp=tmp_path) for f in flags)]
+    if config is not None:
+        path = tmp_path / 'cfg.yaml'
+        path.write_bytes(config if isinstance(config, bytes) else config.encode())
+        if '--output' not in flags:
+            argv += ['--config', str(path)]
+    assert re.search(match, _cli_error(capsys, argv))
+
+
+def test_a_full_disk_during_the_export_is_one_error_line_and_resume_completes_it(straight, tmp_path, monkeypatch,
+                                                                                  capsys):
+    run_dir = tmp_path / 'run'
+    shutil.copytree(straight[0], run_dir)
+    for name in ('model.safetensors', 'config.json', 'per_class.csv'):
+        os.remove(run_dir / name)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    with monkeypatch.context() as patch:
+        patch.setattr(train_script, 'save_pretrained', disk_full)
+        line = _cli_error(capsys, ['--resume', str(run_dir), *QUIET])
+    assert re.search(f'could not write the export into {run_dir} \\(No space left on device; .* MB free\\): the '
+                     f'training is saved; free space, then --resume {run_dir} completes the export', line)
+    _resume(run_dir)
+    _assert_same_run(run_dir, straight[0])
