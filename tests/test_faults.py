@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -349,3 +350,34 @@ def test_a_full_disk_during_the_export_is_one_error_line_and_resume_completes_it
                      f'training is saved; free space, then --resume {run_dir} completes the export', line)
     _resume(run_dir)
     _assert_same_run(run_dir, straight[0])
+
+
+# --- 9 and 10. a truncated or foreign npz is named as such, not as pickled data ----------------------------------
+
+def _truncated(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _member_corrupt(path):  # the zip directory intact, an array's bytes damaged
+    data = bytearray(path.read_bytes())
+    start = data.index(b'\x93NUMPY', data.index(b'labels.npy'))
+    data[start:start + 6] = b'garbag'
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize('spoil,match', [
+    (lambda p: p.write_text('images,labels\n1,2\n'), 'not an npz file .*truncated or of another format'),
+    (_truncated, 'not an npz file .*truncated or of another format'),
+    (_member_corrupt, 'its arrays cannot be read .*truncated or corrupt'),
+    (lambda p: np.save(open(p, 'wb'), np.zeros(3)), r'holds a single array \(.npy\)'),
+    (lambda p: np.savez(p, images=np.zeros((1, 32, 32, 3), np.uint8), labels=np.array([{}], dtype=object)),
+     'holds Python object arrays'),
+])
+def test_a_bad_npz_names_the_file_and_what_is_wrong(spoil, match, tmp_path):
+    path = tmp_path / 'cifar10_train.npz'
+    np.savez(path, images=np.zeros((4, 32, 32, 3), np.uint8), labels=np.arange(4))
+    spoil(path)
+    with pytest.raises(ValueError, match=f'cifar10_train.npz: {match}') as info:
+        create_lt_dataset('cifar10_lt', str(tmp_path), split='train')
+    assert 'allow_pickle' not in str(info.value)
