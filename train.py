@@ -538,9 +538,6 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
             distribute_bn(model, args.world_size, reduce=True)
         eval_metrics, evaluator = evaluate_on(eval_loader, distributed=args.distributed)
         lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
-        # before anything of this epoch is saved, so last.pth.tar and model_best.pth.tar keep healthy weights
-        check_divergence(epoch, train_metrics['ce'], eval_metrics['loss'],
-                         _divergence_hint(args) + ' ' + _last_good_checkpoint(args, output_dir, epoch, start_epoch))
         if saver is not None:
             # CE (the classifier's loss) first: the total is dominated by the auxiliary terms of RSG
             elapsed = time.perf_counter() - run_start
@@ -554,6 +551,10 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
                          + f' lr {train_metrics["lr"]:.3g} '
                          f'{train_metrics["images_per_sec"]:.0f} img/s | eval '
                          + format_metrics(eval_metrics, ('loss', 'top1', 'many', 'medium', 'few', 'ece')) + phase)
+        # before anything of this epoch is saved, so last.pth.tar and model_best.pth.tar keep healthy weights
+        check_divergence(epoch, train_metrics['ce'], eval_metrics['loss'],
+                         _divergence_hint(args) + ' ' + _last_good_checkpoint(args, output_dir, epoch, start_epoch))
+        if saver is not None:
             update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),
                            lr=train_metrics['lr'])
             saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
