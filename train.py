@@ -514,7 +514,9 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
                                    max_history=args.checkpoint_hist, task=run)
         if args.resume:
             saver.restore(checkpoint, args.resume)
-            truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
+        # rows of epochs not checkpointed: after a kill, a resume from an earlier epoch, or a restart of a run that
+        # died before its first checkpoint
+        truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
         _write_args_yaml(os.path.join(output_dir, 'args.yaml'), args)
         _logger.info(f'{args.model} on {args.dataset}: {len(train_set)} training images, class counts '
                      f'{class_counts}; writing to {output_dir}')

@@ -118,7 +118,7 @@ def find_resume_checkpoint(path: str) -> str:
         return last
     if not os.path.isfile(tmp):
         raise FileNotFoundError(f'{run_dir!r} holds no {LAST_CHECKPOINT}: it is not a run folder, or the run stopped '
-                                f'before its first checkpoint (start it again under another --experiment)')
+                                f'before its first checkpoint (start it again: the same --output and --experiment reuse the folder)')
     try:
         load_training_checkpoint(tmp)
     except CheckpointError as e:

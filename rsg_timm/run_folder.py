@@ -13,6 +13,7 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
+import logging
 import os
 import socket
 import time
@@ -24,10 +25,12 @@ import yaml
 
 from .atomic import atomic_write
 
-__all__ = ['TrainingRun', 'read_run', 'read_args_yaml', 'new_run_dir', 'create_run_dir', 'lock_run_dir',
-           'truncate_summary', 'LOCK_FILE']
+__all__ = ['TrainingRun', 'read_run', 'read_args_yaml', 'died_before_first_checkpoint', 'new_run_dir',
+           'create_run_dir', 'lock_run_dir', 'truncate_summary', 'LOCK_FILE']
 
 LOCK_FILE = '.train.lock'
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -92,6 +95,16 @@ def read_args_yaml(path: Any) -> Dict[str, Any]:
     return args
 
 
+def died_before_first_checkpoint(run_dir: str) -> bool:
+    """True for a run folder (or an empty folder) with no checkpoint and no export: a run killed or failed before
+    its first epoch ended, which has nothing to resume and nothing to lose, so a new run may start there."""
+    if not os.path.isdir(run_dir):
+        return False
+    names = [name for name in os.listdir(run_dir) if not name.startswith('.')]  # not the lock or partial writes
+    return (not names or 'args.yaml' in names) and not any(
+        name.endswith('.pth.tar') or name == 'model.safetensors' for name in names)
+
+
 def new_run_dir(args: argparse.Namespace) -> str:
     """The run folder; refuses, before any work, a named folder that exists and is not the one being resumed."""
     root = args.output or os.path.join('output', 'train')
@@ -106,7 +119,7 @@ def new_run_dir(args: argparse.Namespace) -> str:
         return run_dir
     if args.experiment:
         run_dir = os.path.join(root, args.experiment)
-        if os.path.exists(run_dir):
+        if os.path.exists(run_dir) and not died_before_first_checkpoint(run_dir):
             raise ValueError(f'run folder {run_dir} already exists and holds another run\'s results: choose another '
                              f'--experiment, or continue that run with --resume {run_dir}')
         return run_dir
@@ -125,6 +138,10 @@ def create_run_dir(run_dir: str, args: argparse.Namespace) -> str:
             os.mkdir(candidate)
             return candidate
         except FileExistsError:
+            if args.experiment and died_before_first_checkpoint(candidate):
+                _logger.warning(f'{candidate} holds a run that stopped before its first checkpoint; starting it again '
+                                f'there')
+                return candidate
             if args.experiment:  # created by another run since new_run_dir checked it
                 raise ValueError(f'run folder {run_dir} was just created by another run: choose another '
                                  f'--experiment') from None

@@ -381,3 +381,22 @@ def test_a_bad_npz_names_the_file_and_what_is_wrong(spoil, match, tmp_path):
     with pytest.raises(ValueError, match=f'cifar10_train.npz: {match}') as info:
         create_lt_dataset('cifar10_lt', str(tmp_path), split='train')
     assert 'allow_pickle' not in str(info.value)
+
+
+# --- 10. a run that died before its first checkpoint is started again in its folder -----------------------------
+
+def test_a_run_that_died_before_its_first_checkpoint_starts_again_in_its_folder(tiny_demo, tmp_path, monkeypatch,
+                                                                               straight, capsys):
+    run_dir = tmp_path / 'run'
+    with monkeypatch.context() as patch:
+        _KillSwitch(patch, run_dir, kill_at=straight[1].index('torch.save tmp.pth.tar'))
+        with pytest.raises(_Killed):
+            _train(tiny_demo, tmp_path, 'run')
+    assert (run_dir / 'summary.csv').is_file() and not list(run_dir.glob('*.pth.tar'))
+    assert 'the same --output and --experiment reuse the folder' in _cli_error(capsys, ['--resume', str(run_dir)])
+    _train(tiny_demo, tmp_path, 'run')
+    _assert_same_run(run_dir, straight[0])
+    with open(run_dir / 'summary.csv') as f:
+        assert [line.split(',')[0] for line in f.read().splitlines()[1:]] == ['0', '1']
+    with pytest.raises(ValueError, match='already exists'):  # a run with checkpoints is never overwritten
+        _train(tiny_demo, tmp_path, 'run')
