@@ -83,14 +83,15 @@ def load_training_checkpoint(path: str) -> Dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):  # timm's train checkpoints store their args
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        if 'Weights only load failed' not in str(e):
-            raise CheckpointError(f'cannot read checkpoint {path!r}: it is corrupt ({_first_line(e)})') from e
-        # torch's text advises weights_only=False; the point here is the opposite: the file holds code
+        # torch's text advises weights_only=False; the point here is the opposite: the file names code to run
         blocked = [line.strip() for line in str(e).splitlines() if 'GLOBAL' in line]
+        if 'Weights only load failed' not in str(e) or not blocked:  # e.g. random bytes read as an old-style pickle
+            raise CheckpointError(f'cannot read checkpoint {path!r}: it is corrupt or not a PyTorch checkpoint; use '
+                                  f'another checkpoint') from None
         raise CheckpointError(
             f'{path!r} was NOT loaded: besides tensors it holds Python objects that would run code when unpickled '
-            f'({blocked[0] if blocked else "unsupported global"}). A checkpoint needs none; do not load this file '
-            f'unless you know who made it and why.') from None
+            f'({blocked[0]}). A checkpoint needs none; do not load this file unless you know who made it and '
+            f'why.') from None
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f'cannot read checkpoint {path!r}: it is corrupt or not a PyTorch checkpoint '
                               f'({type(e).__name__}: {_first_line(e)})') from e

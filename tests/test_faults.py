@@ -400,3 +400,12 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_again_in_its_folder(
         assert [line.split(',')[0] for line in f.read().splitlines()[1:]] == ['0', '1']
     with pytest.raises(ValueError, match='already exists'):  # a run with checkpoints is never overwritten
         _train(tiny_demo, tmp_path, 'run')
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_random_bytes_as_a_checkpoint_are_called_corrupt_not_code(seed, tmp_path):
+    path = tmp_path / 'noise.pth.tar'
+    path.write_bytes(np.random.default_rng(seed).bytes(5000))
+    with pytest.raises(CheckpointError, match='noise.pth.tar.* is corrupt or not a PyTorch checkpoint') as info:
+        load_training_checkpoint(str(path))
+    assert 'run code' not in str(info.value)
