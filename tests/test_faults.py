@@ -409,3 +409,17 @@ def test_random_bytes_as_a_checkpoint_are_called_corrupt_not_code(seed, tmp_path
     with pytest.raises(CheckpointError, match='noise.pth.tar.* is corrupt or not a PyTorch checkpoint') as info:
         load_training_checkpoint(str(path))
     assert 'run code' not in str(info.value)
+
+
+# --- 10 and 11. an empty class folder is named: an error in the training split, a warning in an evaluation one ----
+
+def test_an_empty_class_folder_is_named(tmp_path, caplog):
+    _image_tree(tmp_path, ['train/a/1.png', 'train/c/1.png', 'val/a/1.png', 'val/b/1.png'])
+    os.makedirs(tmp_path / 'train' / 'b')
+    os.makedirs(tmp_path / 'val' / 'c')
+    with pytest.raises(ValueError, match=r'1 class folders hold no training images \(first: .*train/b\)'):
+        create_lt_dataset('folder_lt', str(tmp_path), split='train')
+    (tmp_path / 'train' / 'b' / '1.png').write_bytes(b'not empty')
+    with caplog.at_level('WARNING', logger='rsg_timm.data.list_lt'):
+        create_lt_dataset('folder_lt', str(tmp_path), split='val')
+    assert re.search(r'val: no images of 1 classes \(c\); their accuracy is not measured', caplog.text)

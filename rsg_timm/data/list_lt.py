@@ -300,8 +300,17 @@ def create_folder_lt(
     if is_train_split(split, 'folder_lt'):
         samples = train_samples()
         _check_files_exist(samples, train_dir)
-        return FileLTDataset(samples, classes, class_counts=_count_labels(samples, len(classes)), transform=transform)
+        counts = _count_labels(samples, len(classes))
+        empty = [os.path.join(train_dir, classes[i]) for i, n in enumerate(counts) if n == 0]
+        if empty:  # the loss, the samplers and RSG divide by a class's count
+            raise ValueError(f'{len(empty)} class folders hold no training images (first: {empty[0]}); every class '
+                             f'needs some: add images, or remove the folder from every split')
+        return FileLTDataset(samples, classes, class_counts=counts, transform=transform)
     split_dir = _split_dir(root, split)
     samples = _folder_samples(split_dir, class_to_idx)
     _check_files_exist(samples, split_dir)
+    missing = [name for i, name in enumerate(classes) if i not in {label for _, label in samples}]
+    if missing:
+        _logger.warning(f'{split_dir}: no images of {len(missing)} classes ({", ".join(missing[:5])}'
+                        f'{", ..." if len(missing) > 5 else ""}); their accuracy is not measured')
     return FileLTDataset(samples, classes, counts_source=train_counts, transform=transform)
