@@ -30,8 +30,8 @@ from rsg_timm.atomic import atomic_write
 from rsg_timm.cli import run_cli, set_interrupt_hint
 from rsg_timm.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, VERSION_KEY, CheckpointError, RunCheckpointSaver, \
     RunState, find_resume_checkpoint, load_training_checkpoint
-from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
-    list_lt_datasets, list_samplers, sampler_kwargs
+from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, cuts_to_profile, \
+    default_imb_type, list_lt_datasets, list_samplers, sampler_kwargs
 from rsg_timm.data_parallel import EmulatedDataParallel
 from rsg_timm.engine import check_divergence, evaluate, format_loss_terms, train_one_epoch
 from rsg_timm.export import save_pretrained
@@ -352,6 +352,20 @@ def _drop_checkpoint_list(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith('Current checkpoints')
 
 
+def _warn_unused_profile(args: argparse.Namespace) -> None:
+    """Say when class-profile flags shape nothing, since args.yaml records them as if they had."""
+    if cuts_to_profile(args.dataset) and args.imb_type != 'none':
+        return
+    parser = _build_parser()
+    unused = [f'--{name.replace("_", "-")} {getattr(args, name)}' for name in ('imb_factor', 'imb_select')
+              if getattr(args, name) != parser.get_default(name)]
+    if args.imb_type != 'none':  # a dataset with a fixed profile
+        unused.insert(0, f'--imb-type {args.imb_type}')
+    if unused:
+        how = 'as it is (--imb-type none)' if cuts_to_profile(args.dataset) else 'with its fixed class profile'
+        _logger.warning(f'{", ".join(unused)}: no effect, --dataset {args.dataset} is used {how}')
+
+
 def _describe_run(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, amp_dtype) -> str:
     """One block that says what is in force: the resolved recipe, then the device and numerics."""
     loss = args.loss + (f' (s {args.ldam_s or 30:g}, margin {args.ldam_max_m or 0.5:g})' if args.loss == 'ldam' else '')
@@ -436,6 +450,7 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     checkpoint = _load_resume(args, argv) if args.resume else None
     if args.imb_type is None:
         args.imb_type = default_imb_type(args.dataset)
+    _warn_unused_profile(args)
     resolve_recipe(args)
     if checkpoint is not None:
         _report_recipe_changes(args, checkpoint, _given_names(argv), args.resume)

@@ -423,3 +423,29 @@ def test_an_empty_class_folder_is_named(tmp_path, caplog):
     with caplog.at_level('WARNING', logger='rsg_timm.data.list_lt'):
         create_lt_dataset('folder_lt', str(tmp_path), split='val')
     assert re.search(r'val: no images of 1 classes \(c\); their accuracy is not measured', caplog.text)
+
+
+def _profile_warning(flags, caplog):
+    args = train_script._parse_args(flags)
+    args.imb_type = args.imb_type or train_script.default_imb_type(args.dataset)  # as train.py resolves it
+    caplog.clear()
+    with caplog.at_level('WARNING', logger='train'):
+        train_script._warn_unused_profile(args)
+    return caplog.text
+
+
+@pytest.mark.parametrize('flags,warning', [
+    (['--imb-factor', '0.1'], r'--imb-factor 0.1: no effect, --dataset demo is used with its fixed class profile'),
+    (['--imb-type', 'exp', '--imb-select', 'shuffle'], r'--imb-type exp, --imb-select shuffle: no effect, --dataset '
+                                                       r'demo'),
+    (['--dataset', 'folder_lt', '--imb-factor', '0.1'], r'--imb-factor 0.1: no effect, --dataset folder_lt is used '
+                                                        r'as it is \(--imb-type none\)'),
+])
+def test_class_profile_flags_that_shape_nothing_are_warned(flags, warning, caplog):
+    assert re.search(warning, _profile_warning(flags, caplog))
+
+
+@pytest.mark.parametrize('flags', [[], ['--dataset', 'cifar10_lt', '--imb-factor', '0.1'],
+                                   ['--dataset', 'folder_lt', '--imb-type', 'exp', '--imb-factor', '0.1']])
+def test_class_profile_flags_that_act_or_are_defaults_are_not_warned(flags, caplog):
+    assert 'no effect' not in _profile_warning(flags, caplog)
