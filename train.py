@@ -319,8 +319,8 @@ def _report_recipe_changes(args: argparse.Namespace, checkpoint: dict, given: se
     if changed:
         version = checkpoint.get(VERSION_KEY)
         _logger.warning(f'{path} was written by {f"rsg_timm {version}" if version else "an unrecorded version"}, '
-                        f'this is rsg_timm {rsg_timm.__version__}; the resumed recipe differs in: {", ".join(changed)}. '
-                        f'Pass the run\'s values explicitly to keep them.')
+                        f'this is rsg_timm {rsg_timm.__version__}; the resumed recipe differs in: '
+                        f'{", ".join(changed)}. Pass the run\'s values explicitly to keep them.')
 
 
 def _load_resume(args: argparse.Namespace, argv) -> dict:
@@ -416,7 +416,8 @@ def _last_good_checkpoint(args: argparse.Namespace, output_dir: str, epoch: int,
     else:
         path = args.resume or args.fork
     if not path:
-        return 'Nothing was saved: the run diverged in its first epoch; start it again under another --experiment.'
+        return ('Nothing was saved: the run diverged in its first epoch; start it again (the same --experiment '
+                'reuses its folder).')
     return (f'Nothing of epoch {epoch} was saved; the last good checkpoint is {path} (epoch {epoch - 1}): continue '
             f'with --{"fork" if path == args.fork else "resume"} {path} and the changed flag.')
 

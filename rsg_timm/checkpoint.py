@@ -119,7 +119,8 @@ def find_resume_checkpoint(path: str) -> str:
         return last
     if not os.path.isfile(tmp):
         raise FileNotFoundError(f'{run_dir!r} holds no {LAST_CHECKPOINT}: it is not a run folder, or the run stopped '
-                                f'before its first checkpoint (start it again: the same --output and --experiment reuse the folder)')
+                                f'before its first checkpoint (start it again: the same --output and --experiment '
+                                f'reuse the folder)')
     try:
         load_training_checkpoint(tmp)
     except CheckpointError as e:
