@@ -5,6 +5,7 @@ A kill is injected deterministically: the chosen write, rename or link into the 
 """
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,6 +36,17 @@ validate_script = load_script('validate.py')
 # --val-split val: on the demo, the test images under another name; --select-on val exports model_best.pth.tar
 QUIET = ['--no-progress', '--log-interval', '0']
 RECIPE = ['--model', 'rsg_resnet20', '--rsg-epoch-thresh', '0', '--select-on', 'val', '--val-split', 'val']
+
+
+@pytest.fixture(autouse=True)
+def _no_lingering_log_handlers():
+    """train.py adds a stderr log handler per run (timm's setup_default_logging); one bound to a test's captured
+    stderr must not outlive the test, or later runs log into a closed stream."""
+    before = list(logging.root.handlers)
+    yield
+    for handler in logging.root.handlers[:]:
+        if handler not in before:
+            logging.root.removeHandler(handler)
 
 
 class _Killed(BaseException):
