@@ -100,6 +100,18 @@ def _side_file(args: argparse.Namespace, explicit: str, suffix: str) -> str:
     return os.path.splitext(args.results_file)[0] + suffix
 
 
+def _check_output_files(args: argparse.Namespace) -> None:
+    """Refuse, before the evaluation, an output file whose folder is missing or which is a folder: it would fail
+    only after the evaluation ran."""
+    for flag, path in (('--results-file', args.results_file),
+                       ('--per-class-file', _side_file(args, args.per_class_file, '_per_class.csv')),
+                       ('--confusion-file', _side_file(args, args.confusion_file, '_confusion.csv'))):
+        folder = os.path.dirname(path) or '.'
+        if path and (not os.path.isdir(folder) or os.path.isdir(path)):
+            problem = f'{path} is a folder' if os.path.isdir(path) else f'its folder {folder} does not exist'
+            raise ValueError(f'{flag} {path}: {problem}; create the folder or pass another file')
+
+
 def _training_record(model_name: str, checkpoint_path: str, cache_dir: Optional[str] = None) -> dict:
     """The training arguments the model records (``{}`` when none): a checkpoint's ``args``, the ``args.yaml`` of
     the run folder or Hub repo an export sits in, or a zoo tag's ``train_args`` and ``class_counts``."""
@@ -180,6 +192,7 @@ def _logit_scale(args: argparse.Namespace, model: torch.nn.Module, record: dict)
 def main(argv=None) -> dict:
     setup_default_logging()
     args = _build_parser().parse_args(argv)
+    _check_output_files(args)
     if args.data is not None:
         if args.data_dir is not None and args.data_dir != args.data:
             raise ValueError(f'two dataset roots: {args.data} and --data-dir {args.data_dir}; pass one of them')

@@ -68,6 +68,8 @@ def push_to_hub(
     """
     _check_repo_id(repo_id)
     if dry_run_dir is not None:
+        if os.path.exists(dry_run_dir) and not os.path.isdir(dry_run_dir):
+            raise ValueError(f'--dry-run {dry_run_dir} is a file: pass a new or empty folder to stage into')
         if os.path.isdir(dry_run_dir) and os.listdir(dry_run_dir):
             raise ValueError(f'--dry-run {dry_run_dir} is not empty: stage into another folder, a new or empty one, so '
                              f'that nothing there is overwritten and it holds exactly what a push uploads')

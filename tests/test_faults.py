@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 import rsg_timm
+from rsg_timm import hub
 from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, load_training_checkpoint
 from rsg_timm.cli import run_cli
 from rsg_timm.data import create_lt_dataset
@@ -461,3 +462,25 @@ def test_class_profile_flags_that_shape_nothing_are_warned(flags, warning, caplo
                                    ['--dataset', 'folder_lt', '--imb-type', 'exp', '--imb-factor', '0.1']])
 def test_class_profile_flags_that_act_or_are_defaults_are_not_warned(flags, caplog):
     assert 'no effect' not in _profile_warning(flags, caplog)
+
+
+# --- 9. output paths that would fail only after the work are refused first ------------------------------------------
+
+@pytest.mark.parametrize('flags,match', [
+    (['--results-file', '{tmp}/missing/results.csv'], r'--results-file .*missing/results.csv: its folder .*missing '
+                                                       r'does not exist; create the folder'),
+    (['--results-file', '{tmp}/r.csv', '--confusion-file', '{tmp}/no/c.csv'], '--confusion-file .*no/c.csv: its '
+                                                                              'folder'),
+    (['--results-file', '{tmp}'], r'--results-file .*: .* is a folder'),
+])
+def test_validate_refuses_unwritable_output_files_before_evaluating(flags, match, tmp_path, monkeypatch):
+    monkeypatch.setattr(validate_script, 'create_eval_model', lambda *args, **kwargs: pytest.fail('evaluated'))
+    with pytest.raises(ValueError, match=match):
+        validate_script.main(['--model', 'cifar_resnet20', *(f.format(tmp=tmp_path) for f in flags)])
+
+
+def test_a_dry_run_into_a_file_is_refused(straight, tmp_path):
+    (tmp_path / 'file').write_text('keep')
+    with pytest.raises(ValueError, match='--dry-run .*file is a file: pass a new or empty folder'):
+        hub.push_to_hub(straight[0], 'me/model', dry_run_dir=tmp_path / 'file')
+    assert (tmp_path / 'file').read_text() == 'keep'
