@@ -484,3 +484,14 @@ def test_a_dry_run_into_a_file_is_refused(straight, tmp_path):
     with pytest.raises(ValueError, match='--dry-run .*file is a file: pass a new or empty folder'):
         hub.push_to_hub(straight[0], 'me/model', dry_run_dir=tmp_path / 'file')
     assert (tmp_path / 'file').read_text() == 'keep'
+
+
+# --- 10. an image unreadable mid-run is to be replaced: removing it would make the run unresumable -----------------
+
+def test_an_unreadable_image_mid_run_advises_what_keeps_the_run_resumable(tmp_path):
+    _image_tree(tmp_path, ['train/a/1.png', 'train/b/1.png'])
+    dataset = create_lt_dataset('folder_lt', str(tmp_path), split='train')
+    with pytest.raises(ValueError, match=r'a/1.png: cannot read the image .*replace it with a readable copy, then '
+                                         r'--resume \(removing it changes the class counts') as info:
+        dataset[0]
+    assert 'remove it from the data' not in str(info.value)

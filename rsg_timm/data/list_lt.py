@@ -125,7 +125,8 @@ class FileLTDataset(Dataset):
                 bad.append(f'{path} ({e})')
         if bad:
             raise ValueError(f'{len(bad)} of {len(self.samples)} images cannot be read: {"; ".join(bad[:5])}'
-                             f'{" ..." if len(bad) > 5 else ""}. Replace them or remove them from the data.')
+                             f'{" ..." if len(bad) > 5 else ""}. Replace them, or remove them before a run starts '
+                             f'(a run resumes only on the data it started with).')
         _logger.info('All %d images read.', len(self.samples))
 
     def __getitem__(self, index: int) -> Tuple[object, int]:
@@ -133,8 +134,9 @@ class FileLTDataset(Dataset):
         try:
             img = default_loader(path)
         except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for missing, truncated or foreign files
-            raise ValueError(f'{path}: cannot read the image ({e}); replace it or remove it from the data '
-                             f'(train.py --check-data reads every image up front)') from None
+            raise ValueError(f'{path}: cannot read the image ({e}); replace it with a readable copy, then --resume '
+                             f'(removing it changes the class counts, and a run resumes only on its own data; '
+                             f'train.py --check-data reads every image up front)') from None
         if self.transform is not None:
             img = self.transform(img)
         return img, label
