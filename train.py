@@ -392,6 +392,14 @@ def _describe_run(args: argparse.Namespace, model: torch.nn.Module, device: torc
 
 
 def _divergence_hint(args: argparse.Namespace) -> str:
+    """The likely cause of a diverged or non-finite loss, the setting that explains it before the learning rate."""
+    if args.batch_size < 2 * args.dp_replicas:
+        return (f'Likely cause: -b {args.batch_size} puts one image in a batch (per --dp-replicas share), where '
+                f'BatchNorm and RSG\'s centre and contrast estimates degenerate; use -b {2 * args.dp_replicas} or '
+                f'more.')
+    if args.amp and args.amp_dtype == 'float16' and str(args.device).startswith('cpu'):
+        return ('Likely cause: --amp-dtype float16 on the CPU, whose autocast overflows where a GPU\'s would not; '
+                'use --amp-dtype bfloat16 (the default) on the CPU.')
     if args.loss == 'ldam' and not args.cosine_classifier:
         return (f'Likely cause: --loss ldam multiplies the logits by s = {args.ldam_s or 30:g}, which suits a cosine '
                 f'classifier, but {args.model} has a linear head. Use --loss ce (the default for linear heads), '
@@ -551,7 +559,8 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
             train_model, train_loader, criterion, optimizer, epoch=epoch, device=device, amp_dtype=amp_dtype,
             loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, reweight=reweight, clip_grad=args.clip_grad,
             clip_mode=args.clip_mode, channels_last=args.channels_last, log_interval=args.log_interval,
-            log_seconds=args.log_seconds, num_epochs=num_epochs, progress=progress)
+            log_seconds=args.log_seconds, num_epochs=num_epochs, progress=progress,
+            non_finite_hint=_divergence_hint(args))
         if args.distributed:
             distribute_bn(model, args.world_size, reduce=True)
         eval_metrics, evaluator = evaluate_on(eval_loader, distributed=args.distributed)

@@ -26,8 +26,9 @@ from rsg_timm import hub
 from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, load_training_checkpoint
 from rsg_timm.cli import run_cli
 from rsg_timm.data import create_lt_dataset
-from rsg_timm.engine import DivergedError
+from rsg_timm.engine import DivergedError, NonFiniteLossError, train_one_epoch
 from rsg_timm.export import export_run
+from rsg_timm.recipes import resolve_recipe
 from rsg_timm.run_folder import LOCK_FILE, lock_run_dir, read_run
 
 from helpers import REPO_DIR, load_script, train_args
@@ -509,3 +510,31 @@ def test_a_push_without_network_is_one_line_naming_the_fix(straight, monkeypatch
     monkeypatch.setattr(hub.HfApi, 'create_repo', lambda *args, **kwargs: (_ for _ in ()).throw(refused))
     with pytest.raises(ValueError, match=r'could not push .*Connection refused\): check the network'):
         hub.push_to_hub(straight[0], 'me/model', token='x')
+
+
+# --- 10. a non-finite or diverged loss names the setting that explains it, not the learning rate ------------------
+
+@pytest.mark.parametrize('flags,cause', [
+    (['-b', '1'], r'-b 1 puts one image in a batch .*use -b 2 or more'),
+    (['-b', '3', '--dp-replicas', '2'], r'-b 3 puts one image in a batch \(per --dp-replicas share\).*use -b 4'),
+    (['--amp', '--amp-dtype', 'float16', '--device', 'cpu'], r'--amp-dtype float16 on the CPU.*bfloat16'),
+    ([], r'a learning rate too high'),
+])
+def test_the_divergence_hint_names_the_likely_cause(flags, cause):
+    args = train_script._parse_args(['--model', 'cifar_resnet20', *flags])
+    resolve_recipe(args)
+    assert re.search(cause, train_script._divergence_hint(args))
+
+
+def test_a_non_finite_loss_with_one_image_batches_blames_the_batch(tiny_demo, tmp_path, monkeypatch):
+    hints = []
+
+    def first_step_non_finite(model, loader, criterion, *args, non_finite_hint=None, **kwargs):
+        hints.append(non_finite_hint)
+        criterion.register_forward_hook(lambda module, inputs, loss: loss * float('inf'))
+        return train_one_epoch(model, [next(iter(loader))], criterion, *args, non_finite_hint=non_finite_hint,
+                               **kwargs)
+    monkeypatch.setattr(train_script, 'train_one_epoch', first_step_non_finite)
+    with pytest.raises(NonFiniteLossError, match=r'epoch 0, step 0 .*-b 1 puts one image in a batch'):
+        _train(tiny_demo, tmp_path, 'run', '-b', '1')
+    assert len(hints) == 1
