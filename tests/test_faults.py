@@ -28,6 +28,7 @@ from rsg_timm.cli import run_cli
 from rsg_timm.data import create_lt_dataset
 from rsg_timm.engine import DivergedError, NonFiniteLossError, train_one_epoch
 from rsg_timm.export import export_run
+from rsg_timm.models.pretrained import load_pretrained_tags
 from rsg_timm.recipes import resolve_recipe
 from rsg_timm.run_folder import LOCK_FILE, lock_run_dir, read_run
 
@@ -538,3 +539,13 @@ def test_a_non_finite_loss_with_one_image_batches_blames_the_batch(tiny_demo, tm
     with pytest.raises(NonFiniteLossError, match=r'epoch 0, step 0 .*-b 1 puts one image in a batch'):
         _train(tiny_demo, tmp_path, 'run', '-b', '1')
     assert len(hints) == 1
+
+
+# --- 9. a corrupt tags.json names itself -------------------------------------------------------------------------
+
+@pytest.mark.parametrize('text,match', [('{"cifar_resnet32.a": {', 'is not valid JSON'),
+                                        ('["cifar_resnet32.a"]', 'must map <arch>.<tag> to an entry object')])
+def test_a_corrupt_zoo_table_names_its_file(text, match, tmp_path):
+    (tmp_path / 'tags.json').write_text(text)
+    with pytest.raises(ValueError, match=f'{tmp_path}/tags.json {match}.*restore it'):
+        load_pretrained_tags(tmp_path)
