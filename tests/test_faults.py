@@ -30,7 +30,7 @@ from rsg_timm.engine import DivergedError, NonFiniteLossError, train_one_epoch
 from rsg_timm.export import export_run
 from rsg_timm.models.pretrained import load_pretrained_tags
 from rsg_timm.recipes import resolve_recipe
-from rsg_timm.run_folder import LOCK_FILE, lock_run_dir, read_run
+from rsg_timm.run_folder import LOCK_FILE, died_before_first_checkpoint, lock_run_dir, read_run
 
 from helpers import REPO_DIR, load_script, train_args
 
@@ -105,12 +105,6 @@ def straight(tiny_demo, tmp_path_factory):
     return run_dir, switch.steps
 
 
-def _final_epoch_steps(steps):
-    """Indices of the steps from the last epoch's checkpoint write to the end of the export."""
-    first = max(i for i, step in enumerate(steps) if step == 'torch.save tmp.pth.tar')
-    return list(range(first, len(steps)))
-
-
 def _assert_same_run(run_dir, straight_dir):
     for name in ('last.pth.tar', 'model_best.pth.tar'):
         got, want = (load_training_checkpoint(os.path.join(d, name)) for d in (run_dir, straight_dir))
@@ -125,14 +119,19 @@ def _assert_same_run(run_dir, straight_dir):
     create_eval_model(f'local-dir:{run_dir}')
 
 
-def _kill_and_resume(tiny_demo, tmp_path, monkeypatch, straight, step):
+def _kill_and_recover(tiny_demo, tmp_path, monkeypatch, straight, step):
+    """Kill the run at ``step``, then do what its user would: --resume it, or start it again when it died before
+    its first checkpoint; it must end as the uninterrupted run."""
     straight_dir, steps = straight
     run_dir = tmp_path / 'run'
     with monkeypatch.context() as patch:
         _KillSwitch(patch, run_dir, kill_at=step)
         with pytest.raises(_Killed, match=steps[step]):
             _train(tiny_demo, tmp_path, 'run')
-    result = _resume(run_dir)
+    if died_before_first_checkpoint(str(run_dir)):
+        result = _train(tiny_demo, tmp_path, 'run')
+    else:
+        result = _resume(run_dir)
     assert result['best_epoch'] == 1 and result['output_dir'] == str(run_dir)
     _assert_same_run(run_dir, straight_dir)
 
@@ -144,14 +143,14 @@ def test_resume_completes_a_run_killed_in_its_final_save_or_export(step_name, ti
                                                                    straight):
     steps = straight[1]
     step = max(i for i, s in enumerate(steps) if s == step_name)
-    _kill_and_resume(tiny_demo, tmp_path, monkeypatch, straight, step)
+    _kill_and_recover(tiny_demo, tmp_path, monkeypatch, straight, step)
 
 
 @pytest.mark.slow
-def test_every_kill_point_of_the_final_epoch_and_export_resumes_to_the_uninterrupted_run(tiny_demo, tmp_path,
-                                                                                        monkeypatch, straight):
-    for step in _final_epoch_steps(straight[1]):
-        _kill_and_resume(tiny_demo, tmp_path / str(step), monkeypatch, straight, step)
+def test_every_kill_point_of_a_run_recovers_to_the_uninterrupted_run(tiny_demo, tmp_path, monkeypatch, straight):
+    """Every write, rename and link of both epochs and of the export (18 steps)."""
+    for step in range(len(straight[1])):
+        _kill_and_recover(tiny_demo, tmp_path / str(step), monkeypatch, straight, step)
 
 
 def test_a_kill_before_model_best_is_replaced_is_repaired_on_resume(tmp_path, monkeypatch):
