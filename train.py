@@ -7,12 +7,15 @@ concept; YAML from ``--config`` sets defaults, explicit flags win, and the resol
 Pass a plain backbone (``--model cifar_resnet32``) to train the same network without RSG.
 """
 import argparse
+import contextlib
 import copy
 import datetime
+import functools
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -23,11 +26,12 @@ from timm.utils import (ParseKwargs, distribute_bn, init_distributed_device, is_
                         setup_default_logging, update_summary)
 
 import rsg_timm  # noqa: F401  (registers the models)
+from rsg_timm.atomic import atomic_write
 from rsg_timm.cli import run_cli, set_interrupt_hint
-from rsg_timm.checkpoint import LAST_CHECKPOINT, RunCheckpointSaver, RunState, find_resume_checkpoint, \
-    load_training_checkpoint
-from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, default_imb_type, \
-    list_lt_datasets, list_samplers, sampler_kwargs
+from rsg_timm.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, VERSION_KEY, CheckpointError, RunCheckpointSaver, \
+    RunState, find_resume_checkpoint, load_training_checkpoint
+from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, cuts_to_profile, \
+    default_imb_type, list_lt_datasets, list_samplers, sampler_kwargs
 from rsg_timm.data_parallel import EmulatedDataParallel
 from rsg_timm.engine import check_divergence, evaluate, format_loss_terms, train_one_epoch
 from rsg_timm.export import save_pretrained
@@ -37,7 +41,7 @@ from rsg_timm.models import is_rsg_model
 from rsg_timm.recipes import EPOCH_SWITCHES, create_lr_scheduler, create_recipe_model, create_recipe_optimizer, \
     rescale_schedule, resolve_recipe
 from rsg_timm.resume import fork_run, resume_run
-from rsg_timm.run_folder import create_run_dir, new_run_dir, truncate_summary
+from rsg_timm.run_folder import create_run_dir, lock_run_dir, new_run_dir, truncate_summary
 
 _logger = logging.getLogger('train')
 
@@ -241,13 +245,27 @@ def _scale_config_switches(args: argparse.Namespace, cfg: dict, given: set, path
                      f'{args.epochs}: ' + ', '.join(f'--{k.replace("_", "-")} {getattr(args, k)}' for k in switches))
 
 
+def _read_config(path: str) -> dict:
+    """The flags of a ``--config`` YAML file (such as a run's ``args.yaml``), or an error naming the file."""
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f'--config {path}: cannot read it as YAML ({reason}); fix the file or pass the flags '
+                         f'on the command line') from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f'--config {path}: holds a {type(cfg).__name__}, not a mapping of argument names to values '
+                         f'(e.g. "batch_size: 64")')
+    return cfg
+
+
 def _parse_args(argv=None) -> argparse.Namespace:
     args_config, remaining = config_parser.parse_known_args(argv)
     parser = _build_parser()
     cfg = {}
     if args_config.config:
-        with open(args_config.config) as f:
-            cfg = yaml.safe_load(f) or {}
+        cfg = _read_config(args_config.config)
         unknown = sorted(set(cfg) - _arg_names(parser))
         if unknown:
             parser.error(f'{args_config.config}: unknown keys {unknown} (keys are argument names, e.g. batch_size)')
@@ -269,8 +287,7 @@ def _given_names(argv=None) -> set:
     args_config, remaining = config_parser.parse_known_args(argv)
     given = _command_line_names(remaining)
     if args_config.config:
-        with open(args_config.config) as f:
-            given |= set(yaml.safe_load(f) or {})
+        given |= set(_read_config(args_config.config))
     return given
 
 
@@ -288,6 +305,24 @@ def _restore_recipe(args: argparse.Namespace, saved: argparse.Namespace, given: 
                                                               else ''))
 
 
+def _report_recipe_changes(args: argparse.Namespace, checkpoint: dict, given: set, path: str) -> None:
+    """List the recipe flags that resolve differently now than in the resumed run and were not given now: a flag the
+    run predates, or a default or rule changed between versions, would otherwise change its trajectory silently."""
+    stored = vars(checkpoint.get('args') or argparse.Namespace())
+    changed = []
+    for name in sorted(_arg_names(_build_parser()) - _NOT_RESTORED - given):
+        flag = f'--{name.replace("_", "-")} {getattr(args, name)}'
+        if name not in stored:
+            changed.append(f'{flag} (the run predates the flag)')
+        elif stored[name] != getattr(args, name):
+            changed.append(f'{flag} (the run had {stored[name]})')
+    if changed:
+        version = checkpoint.get(VERSION_KEY)
+        _logger.warning(f'{path} was written by {f"rsg_timm {version}" if version else "an unrecorded version"}, '
+                        f'this is rsg_timm {rsg_timm.__version__}; the resumed recipe differs in: '
+                        f'{", ".join(changed)}. Pass the run\'s values explicitly to keep them.')
+
+
 def _load_resume(args: argparse.Namespace, argv) -> dict:
     """Find and read the ``--resume`` checkpoint, and restore the run's flags into ``args``."""
     args.resume = find_resume_checkpoint(args.resume)
@@ -299,9 +334,36 @@ def _load_resume(args: argparse.Namespace, argv) -> dict:
     return checkpoint
 
 
+def _write_args_yaml(path: str, args: argparse.Namespace) -> None:
+    """Record the resolved flags (not the distributed bookkeeping), so the file works as a ``--config``; replaced in
+    one step, and only when they changed, so no kill leaves a run without its recipe."""
+    names = _arg_names(_build_parser())
+    text = yaml.safe_dump({k: v for k, v in vars(args).items() if k in names}, sort_keys=False)
+    if os.path.isfile(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+    with atomic_write(path) as f:
+        f.write(text)
+
+
 def _drop_checkpoint_list(record: logging.LogRecord) -> bool:
     """timm's saver logs its whole checkpoint list at every save; train.py logs it once, at the end."""
     return not record.getMessage().startswith('Current checkpoints')
+
+
+def _warn_unused_profile(args: argparse.Namespace) -> None:
+    """Say when class-profile flags shape nothing, since args.yaml records them as if they had."""
+    if cuts_to_profile(args.dataset) and args.imb_type != 'none':
+        return
+    parser = _build_parser()
+    unused = [f'--{name.replace("_", "-")} {getattr(args, name)}' for name in ('imb_factor', 'imb_select')
+              if getattr(args, name) != parser.get_default(name)]
+    if args.imb_type != 'none':  # a dataset with a fixed profile
+        unused.insert(0, f'--imb-type {args.imb_type}')
+    if unused:
+        how = 'as it is (--imb-type none)' if cuts_to_profile(args.dataset) else 'with its fixed class profile'
+        _logger.warning(f'{", ".join(unused)}: no effect, --dataset {args.dataset} is used {how}')
 
 
 def _describe_run(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, amp_dtype) -> str:
@@ -330,6 +392,14 @@ def _describe_run(args: argparse.Namespace, model: torch.nn.Module, device: torc
 
 
 def _divergence_hint(args: argparse.Namespace) -> str:
+    """The likely cause of a diverged or non-finite loss, the setting that explains it before the learning rate."""
+    if args.batch_size < 2 * args.dp_replicas:
+        return (f'Likely cause: -b {args.batch_size} puts one image in a batch (per --dp-replicas share), where '
+                f'BatchNorm and RSG\'s centre and contrast estimates degenerate; use -b {2 * args.dp_replicas} or '
+                f'more.')
+    if args.amp and args.amp_dtype == 'float16' and str(args.device).startswith('cpu'):
+        return ('Likely cause: --amp-dtype float16 on the CPU, whose autocast overflows where a GPU\'s would not; '
+                'use --amp-dtype bfloat16 (the default) on the CPU.')
     if args.loss == 'ldam' and not args.cosine_classifier:
         return (f'Likely cause: --loss ldam multiplies the logits by s = {args.ldam_s or 30:g}, which suits a cosine '
                 f'classifier, but {args.model} has a linear head. Use --loss ce (the default for linear heads), '
@@ -347,22 +417,56 @@ def _resume_hint(run_dir: str) -> str:
     return f'epoch {epoch} is saved; continue with: python train.py --resume {run_dir}'
 
 
+def _last_good_checkpoint(args: argparse.Namespace, output_dir: str, epoch: int, start_epoch: int) -> str:
+    """Where a diverged run can continue from: nothing of the diverged epoch is saved."""
+    if epoch > start_epoch:
+        path = os.path.join(output_dir, LAST_CHECKPOINT)
+    else:
+        path = args.resume or args.fork
+    if not path:
+        return ('Nothing was saved: the run diverged in its first epoch; start it again (the same --experiment '
+                'reuses its folder).')
+    return (f'Nothing of epoch {epoch} was saved; the last good checkpoint is {path} (epoch {epoch - 1}): continue '
+            f'with --{"fork" if path == args.fork else "resume"} {path} and the changed flag.')
+
+
+def _ended(run_dir: str) -> bool:
+    """Whether a run wrote all it writes at its end: the export, the figures, then ``per_class.csv``, each replaced
+    whole; and its ``args.yaml`` is intact (a resume writes it again)."""
+    args_yaml = os.path.join(run_dir, 'args.yaml')
+    return os.path.isfile(os.path.join(run_dir, 'per_class.csv')) and os.path.isfile(args_yaml) and \
+        os.path.getsize(args_yaml) > 0
+
+
 def _format_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
 
 
 def main(argv=None) -> dict:
+    with contextlib.ExitStack() as cleanup:  # the run folder's lock, held until the run ends however it ends
+        return _train(argv, cleanup)
+
+
+def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     setup_default_logging()
     logging.getLogger('timm.utils.checkpoint_saver').addFilter(_drop_checkpoint_list)
     args = _parse_args(argv)
     if args.resume and args.fork:
         raise ValueError('--resume continues a run in its own folder, --fork starts a new one: pass one of them')
+    if args.checkpoint_hist < 1:
+        raise ValueError(f'--checkpoint-hist {args.checkpoint_hist}: it is how many of the best epochs\' checkpoints '
+                         f'to keep, at least 1 (model_best.pth.tar and last.pth.tar are always kept)')
     checkpoint = _load_resume(args, argv) if args.resume else None
     if args.imb_type is None:
         args.imb_type = default_imb_type(args.dataset)
+    _warn_unused_profile(args)
     resolve_recipe(args)
+    if checkpoint is not None:
+        _report_recipe_changes(args, checkpoint, _given_names(argv), args.resume)
     output_dir = new_run_dir(args)
     device = init_distributed_device(args)
+    if args.resume and is_primary(args):  # before any work: another process may be writing this folder
+        cleanup.enter_context(lock_run_dir(output_dir))
     if device.type == 'cpu':
         # Once trained, RSG's generation phase produces denormal floats; without flushing them a CPU step took
         # ~4.5x longer (CIFAR-10-LT, rsg_resnet32). Values below 1e-38 becoming zero changes nothing measurable.
@@ -409,7 +513,7 @@ def main(argv=None) -> dict:
                               not args.no_resume_opt)
     elif args.fork:
         start_epoch = fork_run(args.fork, model, optimizer, class_counts)
-    if args.resume and start_epoch >= num_epochs:
+    if args.resume and start_epoch >= num_epochs and _ended(output_dir):  # else its end is completed below
         raise ValueError(f'{args.resume}: the run finished (epochs 0-{start_epoch - 1} trained of {num_epochs}), so '
                          f'there is nothing to resume; its results are in {os.path.dirname(args.resume)}. To train '
                          f'it longer, pass --epochs greater than {num_epochs}')
@@ -427,16 +531,17 @@ def main(argv=None) -> dict:
     saver = None
     if is_primary(args):
         output_dir = create_run_dir(output_dir, args)
+        if not args.resume:
+            cleanup.enter_context(lock_run_dir(output_dir))
         saver = RunCheckpointSaver(model, optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
                                    recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
                                    max_history=args.checkpoint_hist, task=run)
         if args.resume:
             saver.restore(checkpoint, args.resume)
-            truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
-        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
-            # the resolved flags only (not the distributed bookkeeping), so the file works as a --config
-            names = _arg_names(_build_parser())
-            yaml.safe_dump({k: v for k, v in vars(args).items() if k in names}, f, sort_keys=False)
+        # rows of epochs not checkpointed: after a kill, a resume from an earlier epoch, or a restart of a run that
+        # died before its first checkpoint
+        truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
+        _write_args_yaml(os.path.join(output_dir, 'args.yaml'), args)
         _logger.info(f'{args.model} on {args.dataset}: {len(train_set)} training images, class counts '
                      f'{class_counts}; writing to {output_dir}')
         _logger.info(_describe_run(args, model, device, amp_dtype))
@@ -444,6 +549,9 @@ def main(argv=None) -> dict:
     checkpoint = None  # the resumed state is in place; free its tensors
 
     progress = is_primary(args) and not args.no_progress and sys.stderr.isatty()
+    evaluate_on = functools.partial(
+        evaluate, model, device=device, num_classes=len(class_counts), class_counts=class_counts,
+        label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress)
     eval_metrics, evaluator = {}, None
     run_start = time.perf_counter()
     for epoch in range(start_epoch, num_epochs):
@@ -451,13 +559,11 @@ def main(argv=None) -> dict:
             train_model, train_loader, criterion, optimizer, epoch=epoch, device=device, amp_dtype=amp_dtype,
             loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, reweight=reweight, clip_grad=args.clip_grad,
             clip_mode=args.clip_mode, channels_last=args.channels_last, log_interval=args.log_interval,
-            log_seconds=args.log_seconds, num_epochs=num_epochs, progress=progress)
+            log_seconds=args.log_seconds, num_epochs=num_epochs, progress=progress,
+            non_finite_hint=_divergence_hint(args))
         if args.distributed:
             distribute_bn(model, args.world_size, reduce=True)
-        eval_metrics, evaluator = evaluate(
-            model, eval_loader, device=device, num_classes=len(class_counts), class_counts=class_counts,
-            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress,
-            distributed=args.distributed)
+        eval_metrics, evaluator = evaluate_on(eval_loader, distributed=args.distributed)
         lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
         if saver is not None:
             # CE (the classifier's loss) first: the total is dominated by the auxiliary terms of RSG
@@ -472,30 +578,42 @@ def main(argv=None) -> dict:
                          + f' lr {train_metrics["lr"]:.3g} '
                          f'{train_metrics["images_per_sec"]:.0f} img/s | eval '
                          + format_metrics(eval_metrics, ('loss', 'top1', 'many', 'medium', 'few', 'ece')) + phase)
+        # before anything of this epoch is saved, so last.pth.tar and model_best.pth.tar keep healthy weights
+        check_divergence(epoch, train_metrics['ce'], eval_metrics['loss'],
+                         _divergence_hint(args) + ' ' + _last_good_checkpoint(args, output_dir, epoch, start_epoch))
+        if saver is not None:
             update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),
                            lr=train_metrics['lr'])
             saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
-        check_divergence(epoch, train_metrics['ce'], eval_metrics['loss'], _divergence_hint(args))
 
-    if saver is None or evaluator is None:
+    if evaluator is None:  # a resumed run that had trained its last epoch: a kill or full disk stopped its export
+        _logger.info(f'{args.resume} holds the final epoch ({start_epoch - 1}); redoing the final evaluation and '
+                     f'export')
+        eval_metrics, evaluator = evaluate_on(eval_loader, distributed=args.distributed)
+    if saver is None:
         return eval_metrics
     selected = 'last epoch'
     if args.select_on == 'val':  # the best epoch on the val split, tested on the test split (the official protocol)
-        model.load_state_dict(load_training_checkpoint(os.path.join(output_dir, 'model_best.pth.tar'))['state_dict'])
+        model.load_state_dict(load_training_checkpoint(os.path.join(output_dir, BEST_CHECKPOINT))['state_dict'])
         test_set = create_lt_dataset(args.dataset, args.data_dir, split=args.test_split, is_training=False,
                                      **lt_kwargs)
         test_loader = create_lt_loader(test_set, batch_size=args.validation_batch_size or args.batch_size,
                                        is_training=False, **loader_kwargs)
-        eval_metrics, evaluator = evaluate(
-            model, test_loader, device=device, num_classes=len(class_counts), class_counts=class_counts,
-            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress)
+        eval_metrics, evaluator = evaluate_on(test_loader)
         selected = f'epoch {saver.best_epoch}, best {args.eval_metric} on {args.val_split}, tested on {args.test_split}'
     # the deployable result: the last (or best-val) epoch's backbone; an epoch selected on the test split would flatter
-    save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
-                    data_config=data_config)
-    evaluator.per_class().to_csv(os.path.join(output_dir, 'per_class.csv'), index=False)
-    plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
-    plot_training_curves(os.path.join(output_dir, 'summary.csv'), os.path.join(output_dir, 'curves.png'))
+    try:
+        save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
+                        data_config=data_config)
+        plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
+        plot_training_curves(os.path.join(output_dir, 'summary.csv'), os.path.join(output_dir, 'curves.png'))
+        with atomic_write(os.path.join(output_dir, 'per_class.csv'), newline='') as f:  # last: it marks the end
+            evaluator.per_class().to_csv(f, index=False)
+    except OSError as e:  # each file is replaced whole, so what is there is complete; the training is kept
+        free_mb = shutil.disk_usage(output_dir).free / 2 ** 20
+        raise CheckpointError(f'could not write the export into {output_dir} ({e.strerror or e}; {free_mb:.0f} MB '
+                              f'free): the training is saved; free space, then --resume {output_dir} completes the '
+                              f'export') from None
     result = dict(eval_metrics, selected=selected, best_metric=saver.best_metric, best_epoch=saver.best_epoch,
                   output_dir=output_dir)
     _logger.info(f'final ({selected}): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',

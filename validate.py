@@ -21,7 +21,6 @@ from typing import List, Optional
 
 import pandas as pd
 import torch
-import yaml
 from timm.data import resolve_data_config
 from timm.utils import ParseKwargs, setup_default_logging
 
@@ -34,6 +33,7 @@ from rsg_timm.export import strip_rsg
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
 from rsg_timm.models.pretrained import load_pretrained_tags
 from rsg_timm.posthoc import has_cosine_classifier, logit_adjust, tau_normalize, training_logit_scale
+from rsg_timm.run_folder import read_args_yaml
 
 _logger = logging.getLogger('validate')
 
@@ -100,6 +100,18 @@ def _side_file(args: argparse.Namespace, explicit: str, suffix: str) -> str:
     return os.path.splitext(args.results_file)[0] + suffix
 
 
+def _check_output_files(args: argparse.Namespace) -> None:
+    """Refuse, before the evaluation, an output file whose folder is missing or which is a folder: it would fail
+    only after the evaluation ran."""
+    for flag, path in (('--results-file', args.results_file),
+                       ('--per-class-file', _side_file(args, args.per_class_file, '_per_class.csv')),
+                       ('--confusion-file', _side_file(args, args.confusion_file, '_confusion.csv'))):
+        folder = os.path.dirname(path) or '.'
+        if path and (not os.path.isdir(folder) or os.path.isdir(path)):
+            problem = f'{path} is a folder' if os.path.isdir(path) else f'its folder {folder} does not exist'
+            raise ValueError(f'{flag} {path}: {problem}; create the folder or pass another file')
+
+
 def _training_record(model_name: str, checkpoint_path: str, cache_dir: Optional[str] = None) -> dict:
     """The training arguments the model records (``{}`` when none): a checkpoint's ``args``, the ``args.yaml`` of
     the run folder or Hub repo an export sits in, or a zoo tag's ``train_args`` and ``class_counts``."""
@@ -119,10 +131,7 @@ def _training_record(model_name: str, checkpoint_path: str, cache_dir: Optional[
     else:
         entry = load_pretrained_tags().get(model_name, {})
         return dict(entry.get('train_args', {}), class_counts=entry.get('class_counts'))
-    if path and os.path.isfile(path):
-        with open(path) as f:
-            return yaml.safe_load(f) or {}
-    return {}
+    return read_args_yaml(path) if path and os.path.isfile(path) else {}
 
 
 def _resolve_dataset(args: argparse.Namespace, record: dict) -> None:
@@ -183,6 +192,7 @@ def _logit_scale(args: argparse.Namespace, model: torch.nn.Module, record: dict)
 def main(argv=None) -> dict:
     setup_default_logging()
     args = _build_parser().parse_args(argv)
+    _check_output_files(args)
     if args.data is not None:
         if args.data_dir is not None and args.data_dir != args.data:
             raise ValueError(f'two dataset roots: {args.data} and --data-dir {args.data_dir}; pass one of them')

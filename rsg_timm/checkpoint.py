@@ -23,15 +23,19 @@ from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
 from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check_rsg_family, check_state_dict_fits, \
     has_cosine_classifier, linear_to_cosine, set_cosine_classifier, unwrap_checkpoint
+from .version import __version__
 
 __all__ = ['CheckpointError', 'RunCheckpointSaver', 'RunState', 'checkpoint_extras', 'find_resume_checkpoint',
-           'load_training_checkpoint', 'create_eval_model', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT']
+           'load_training_checkpoint', 'create_eval_model', 'BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT',
+           'VERSION_KEY']
 
 _logger = logging.getLogger(__name__)
 
 # timm's CheckpointSaver names: every save goes to TMP_CHECKPOINT first, then replaces LAST_CHECKPOINT.
 LAST_CHECKPOINT = 'last.pth.tar'
 TMP_CHECKPOINT = 'tmp.pth.tar'
+BEST_CHECKPOINT = 'model_best.pth.tar'
+VERSION_KEY = 'rsg_timm_version'
 
 
 def checkpoint_extras(
@@ -49,10 +53,20 @@ def checkpoint_extras(
         'backbone_kwargs': dict(getattr(model, 'backbone_kwargs', None)
                                 or dict(getattr(model, '_model_args', {}), num_classes=model.num_classes)),
         'rng_state': torch.get_rng_state(),
+        VERSION_KEY: __version__,  # a resume under another version lists what resolves differently
     }
     if isinstance(model, ResNet) and has_cosine_classifier(model):  # set after creation, so not in the kwargs
         extras[COSINE_CLASSIFIER_KEY] = True
     return extras
+
+
+def _checkpoint_epoch(path: str) -> Optional[int]:
+    """The epoch a checkpoint file holds, read without loading its tensors; None when it is missing or unreadable."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=True).get('epoch')
+    except Exception:  # missing, partial or foreign: not the checkpoint sought
+        return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -69,14 +83,15 @@ def load_training_checkpoint(path: str) -> Dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):  # timm's train checkpoints store their args
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        if 'Weights only load failed' not in str(e):
-            raise CheckpointError(f'cannot read checkpoint {path!r}: it is corrupt ({_first_line(e)})') from e
-        # torch's text advises weights_only=False; the point here is the opposite: the file holds code
+        # torch's text advises weights_only=False; the point here is the opposite: the file names code to run
         blocked = [line.strip() for line in str(e).splitlines() if 'GLOBAL' in line]
+        if 'Weights only load failed' not in str(e) or not blocked:  # e.g. random bytes read as an old-style pickle
+            raise CheckpointError(f'cannot read checkpoint {path!r}: it is corrupt or not a PyTorch checkpoint; use '
+                                  f'another checkpoint') from None
         raise CheckpointError(
             f'{path!r} was NOT loaded: besides tensors it holds Python objects that would run code when unpickled '
-            f'({blocked[0] if blocked else "unsupported global"}). A checkpoint needs none; do not load this file '
-            f'unless you know who made it and why.') from None
+            f'({blocked[0]}). A checkpoint needs none; do not load this file unless you know who made it and '
+            f'why.') from None
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f'cannot read checkpoint {path!r}: it is corrupt or not a PyTorch checkpoint '
                               f'({type(e).__name__}: {_first_line(e)})') from e
@@ -104,7 +119,8 @@ def find_resume_checkpoint(path: str) -> str:
         return last
     if not os.path.isfile(tmp):
         raise FileNotFoundError(f'{run_dir!r} holds no {LAST_CHECKPOINT}: it is not a run folder, or the run stopped '
-                                f'before its first checkpoint (start it again under another --experiment)')
+                                f'before its first checkpoint (start it again: the same --output and --experiment '
+                                f'reuse the folder)')
     try:
         load_training_checkpoint(tmp)
     except CheckpointError as e:
@@ -197,6 +213,22 @@ class RunCheckpointSaver(CheckpointSaver):
         resumed_last = os.path.abspath(path) == os.path.abspath(os.path.join(self.checkpoint_dir, LAST_CHECKPOINT))
         if resumed_last and epoch is not None and not os.path.exists(self._checkpoint_path(epoch)):
             self._retain(epoch, metric)
+        self._repair_best()
+
+    def _repair_best(self) -> None:
+        """Make ``model_best.pth.tar`` hold the recorded best epoch again, when a kill came after the epoch's numbered
+        copy but before ``model_best`` was replaced (``--select-on val`` would export an older epoch)."""
+        best = os.path.join(self.checkpoint_dir, BEST_CHECKPOINT)
+        if self.best_epoch is None or _checkpoint_epoch(best) == self.best_epoch:
+            return
+        for source in (self._checkpoint_path(self.best_epoch), os.path.join(self.checkpoint_dir, LAST_CHECKPOINT)):
+            if _checkpoint_epoch(source) == self.best_epoch:
+                self._duplicate(source, best)
+                _logger.warning(f'{best} did not hold the best epoch {self.best_epoch} (a kill interrupted its '
+                                f'update); copied it from {source}')
+                return
+        _logger.warning(f'{best} does not hold the best epoch {self.best_epoch}, and no checkpoint of that epoch is '
+                        f'left to restore it from')
 
 
 def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
@@ -221,6 +253,25 @@ def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dic
     if not isinstance(config, dict) or not isinstance(config.get('architecture'), str):
         raise CheckpointError(f'{path!r} names no "architecture": it is not a timm export config.json')
     return config
+
+
+def _check_export_classes(config: Dict[str, Any], model: nn.Module, model_name: str) -> None:
+    """Refuse an export whose ``config.json`` disagrees on the class count: timm builds the head from
+    ``model_args`` but loads the weights' head only when ``pretrained_cfg`` agrees, else leaves it random."""
+    labels = config.get(LABEL_NAMES_KEY) or config.get('label_names')
+    counts = {
+        'the built model': model.num_classes,
+        'num_classes': config.get('num_classes'),
+        'model_args.num_classes': (config.get('model_args') or {}).get('num_classes'),
+        'pretrained_cfg.num_classes': (config.get('pretrained_cfg') or {}).get('num_classes'),
+        CLASS_COUNTS_KEY: None if config.get(CLASS_COUNTS_KEY) is None else len(config[CLASS_COUNTS_KEY]),
+        LABEL_NAMES_KEY: None if labels is None else len(labels),
+    }
+    counts = {k: v for k, v in counts.items() if v is not None}
+    if len(set(counts.values())) > 1:
+        raise CheckpointError(f'{model_name}: its config.json disagrees on the number of classes ('
+                              + ', '.join(f'{k} {v}' for k, v in counts.items())
+                              + '), so the classifier would not be the trained one; re-export the model')
 
 
 def create_eval_model(
@@ -256,6 +307,7 @@ def create_eval_model(
         except TypeError as e:  # config.json's model_args belong to another architecture
             raise CheckpointError(f'{model_name}: its config.json does not fit {config["architecture"]} '
                                   f'({_first_line(e)}); re-export the model') from None
+        _check_export_classes(config, model, model_name)
         if config.get(COSINE_CLASSIFIER_KEY):
             linear_to_cosine(model)  # the export's linear fc stands for a cosine head: restore its logits
         return model, config.get(CLASS_COUNTS_KEY), config.get(LABEL_NAMES_KEY) or config.get('label_names')

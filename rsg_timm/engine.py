@@ -28,12 +28,12 @@ _logger = logging.getLogger(__name__)
 class NonFiniteLossError(RuntimeError):
     """Raised before the optimizer step when the loss is NaN or infinite; carries where and which terms."""
 
-    def __init__(self, epoch: int, step: int, terms: Dict[str, float]):
+    def __init__(self, epoch: int, step: int, terms: Dict[str, float],
+                 hint: str = 'Lower --lr, add --clip-grad, or check the data.'):
         self.epoch, self.step, self.terms = epoch, step, terms
         named = ', '.join(f'{k}={v:.6g}' for k, v in terms.items())
-        super().__init__(
-            f'non-finite loss at epoch {epoch}, step {step} ({named}); the weights were not updated. '
-            f'Lower --lr, add --clip-grad, or check the data.')
+        super().__init__(f'non-finite loss at epoch {epoch}, step {step} ({named}); the weights were not updated. '
+                         f'{hint}')
 
 
 # A chance-level classifier has CE ln C (2.3 for 10 classes, 6.9 for 1000), and LDAM's s = 30 on cosine logits
@@ -96,6 +96,7 @@ def train_one_epoch(
         log_seconds: Optional[float] = None,
         num_epochs: Optional[int] = None,
         progress: bool = False,
+        non_finite_hint: Optional[str] = None,
 ) -> Dict[str, float]:
     """Train for one epoch, after switching everything that changes per epoch: the model's phase and the sampler
     (``set_epoch``) and the criterion's class weights (``reweight.weight_for_epoch``).
@@ -106,6 +107,7 @@ def train_one_epoch(
         log_seconds: also log once this many seconds have passed since the last line, so a log file (nohup,
             Slurm) shows a run is alive even when an epoch has fewer steps than ``log_interval``.
         num_epochs: the run's length, shown as ``epoch (epoch + 1/num_epochs)``.
+        non_finite_hint: what a :class:`NonFiniteLossError` advises, when the caller knows the likely cause.
 
     Returns:
         Means over the epoch of ``loss`` (the total), ``ce`` (the criterion) and each auxiliary term the model named
@@ -155,7 +157,8 @@ def train_one_epoch(
 
         # 4. stop before the update when the loss is not finite (one host read per step)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(epoch, step, {k: float(v.detach()) for k, v in terms.items()})
+            raise NonFiniteLossError(epoch, step, {k: float(v.detach()) for k, v in terms.items()},
+                                     *([non_finite_hint] if non_finite_hint else []))
 
         # 5-8. backward, clip, step, zero
         if loss_scaler is not None:

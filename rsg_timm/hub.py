@@ -21,6 +21,7 @@ import tempfile
 from typing import List, Optional, Union
 
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 
 from .export import export_run
@@ -33,6 +34,10 @@ _logger = logging.getLogger(__name__)
 _DEFAULT_COMMIT_MESSAGE = 'Add rsg_timm model'
 
 PathLike = Union[str, os.PathLike]
+
+# No network, no login, a refused upload: OSError (offline mode too) or the HTTP client's own base error, which
+# huggingface_hub's HTTP errors derive from (requests or httpx, by its version).
+_NETWORK_ERRORS = (OSError, *HfHubHTTPError.__bases__)
 
 
 def _check_repo_id(repo_id: str, flag: str = '--repo-id') -> None:
@@ -68,6 +73,8 @@ def push_to_hub(
     """
     _check_repo_id(repo_id)
     if dry_run_dir is not None:
+        if os.path.exists(dry_run_dir) and not os.path.isdir(dry_run_dir):
+            raise ValueError(f'--dry-run {dry_run_dir} is a file: pass a new or empty folder to stage into')
         if os.path.isdir(dry_run_dir) and os.listdir(dry_run_dir):
             raise ValueError(f'--dry-run {dry_run_dir} is not empty: stage into another folder, a new or empty one, so '
                              f'that nothing there is overwritten and it holds exactly what a push uploads')
@@ -78,8 +85,14 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix='rsg-timm-hub-') as staging:
         export_run(run_dir, staging, repo_id=repo_id)
         api = HfApi(token=token)
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message)
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message)
+        except _NETWORK_ERRORS as e:
+            reason = (str(e).strip().splitlines() or [''])[0][:200]
+            raise ValueError(f'could not push {run_dir} to {repo_id} ({type(e).__name__}: {reason}): check the network '
+                             f'(HF_HUB_OFFLINE unset) and the login (hf auth login, or --token), then push again; '
+                             f'--dry-run DIR stages the upload without the network') from None
     _logger.info(f'Pushed {run_dir} to {url}')
     return str(url)
 

@@ -15,12 +15,13 @@ logits' device and reads back to the host only in ``compute``/``per_class``/``co
 import logging
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 import torch
 import torch.distributed as dist
 
+from .atomic import atomic_write
 from .constants import FEW_SHOT_MAX, MANY_SHOT_MIN, TRAIN_METRICS
 from .losses import ClassCounts
 
@@ -315,10 +316,16 @@ def plot_per_class_accuracy(per_class: pd.DataFrame, path: str) -> Optional[str]
     ax.set_xlabel('training images per class')
     ax.set_ylabel('top-1 accuracy (%)')
     ax.set_ylim(-2, 102)
+    _save_figure(fig, path)
+    return path
+
+
+def _save_figure(fig: Any, path: str) -> None:
+    """Write ``fig`` as a PNG in one step: a run redoes its figures on --resume, and a kill must not leave half."""
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    return path
+    with atomic_write(path, 'wb') as f:
+        fig.savefig(f, format='png')
 
 
 def _loss_columns(columns: Sequence[str]) -> Tuple[str, ...]:
@@ -361,7 +368,5 @@ def plot_training_curves(summary_csv: str, path: str) -> Optional[str]:
         ax.set_xlabel('epoch')
         if len(columns) > 1:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
+    _save_figure(fig, path)
     return path

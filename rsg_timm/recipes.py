@@ -87,6 +87,8 @@ def resolve_recipe(args: argparse.Namespace) -> None:
     """Fill the flags left unset: the loss by head (LDAM + DRW where the cosine classifier is used, CE otherwise),
     the RSG CIFAR recipe's epoch milestones (LR decay from 159/179, DRW from 160, generation after 159 of 200)
     scaled to ``--epochs``, a warm-up that fits the run; and check the model name and the RSG flags."""
+    if args.epochs < 1:
+        raise ValueError(f'--epochs {args.epochs}: a run trains at least one epoch')
     if not timm.is_model(args.model):
         check_rsg_family(args.model)
         close = difflib.get_close_matches(args.model, timm.list_models(), n=5, cutoff=0.6)

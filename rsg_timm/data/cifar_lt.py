@@ -9,6 +9,7 @@ bad file fails before training, naming the file.
 """
 import logging
 import os
+import zipfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,11 +39,28 @@ def is_train_split(split: str, name: str) -> bool:
 
 def read_npz(path: str, required: Sequence[str]) -> Dict[str, np.ndarray]:
     """All arrays of an npz file; a missing one is an error naming the file and the arrays it has."""
-    with np.load(path, allow_pickle=False) as f:
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)  # what numpy and zipfile raise for a bad file
+    try:
+        f = np.load(path, allow_pickle=False)  # numpy calls anything not zip or .npy "pickled data"
+    except FileNotFoundError:
+        raise
+    except unreadable as e:
+        raise ValueError(f'{path}: not an npz file (a zip of .npy arrays): it is truncated or of another format '
+                         f'({type(e).__name__}); replace it with a complete copy.') from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f'{path}: holds a single array (.npy), not named arrays; the file needs {list(required)}.')
+    with f:
         missing = [k for k in required if k not in f.files]
         if missing:
             raise ValueError(f'{path}: no {missing} array (it holds {f.files}); the file needs {list(required)}.')
-        return {k: f[k] for k in f.files}
+        try:
+            return {k: f[k] for k in f.files}
+        except unreadable as e:
+            if 'allow_pickle' in str(e):  # an object array: loading it would unpickle, i.e. run code
+                raise ValueError(f'{path}: holds Python object arrays, which are not read (unpickling can run code); '
+                                 f'save the images and labels as plain numeric arrays.') from None
+            raise ValueError(f'{path}: its arrays cannot be read ({type(e).__name__}); the file is truncated or '
+                             f'corrupt: replace it with a complete copy.') from None
 
 
 def check_labelled_images(

@@ -9,7 +9,7 @@ from .cifar_lt import CifarLT, is_train_split
 from .demo import DemoLT
 from .list_lt import LIST_LT_SPECS, create_folder_lt, create_list_lt
 
-__all__ = ['create_lt_dataset', 'default_imb_type', 'list_lt_datasets']
+__all__ = ['create_lt_dataset', 'cuts_to_profile', 'default_imb_type', 'list_lt_datasets']
 
 
 def _cifar(num_classes: int) -> Callable[..., Dataset]:
@@ -53,6 +53,12 @@ def default_imb_type(name: str) -> str:
     """The class profile a dataset gets when none is asked for: CIFAR-LT is cut to the exp profile it is named
     after; every other dataset (a user's ``folder_lt`` included) is used as it is."""
     return 'exp' if name in ('cifar10_lt', 'cifar100_lt') else 'none'
+
+
+def cuts_to_profile(name: str) -> bool:
+    """Whether ``--imb-type`` / ``--imb-factor`` / ``--imb-select`` act on this dataset: CIFAR-LT and ``folder_lt``
+    are cut to a profile; the demo and the list-file benchmarks come with theirs fixed."""
+    return name in ('cifar10_lt', 'cifar100_lt', 'folder_lt')
 
 
 def list_lt_datasets() -> List[str]:

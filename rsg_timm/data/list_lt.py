@@ -10,12 +10,12 @@ or cuts its training split to an exp/step profile like CIFAR-LT.
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, has_file_allowed_extension
 
 from .cifar_lt import is_train_split
 from .imbalance import long_tail_counts, select_long_tail
@@ -125,7 +125,8 @@ class FileLTDataset(Dataset):
                 bad.append(f'{path} ({e})')
         if bad:
             raise ValueError(f'{len(bad)} of {len(self.samples)} images cannot be read: {"; ".join(bad[:5])}'
-                             f'{" ..." if len(bad) > 5 else ""}. Replace them or remove them from the data.')
+                             f'{" ..." if len(bad) > 5 else ""}. Replace them, or remove them before a run starts '
+                             f'(a run resumes only on the data it started with).')
         _logger.info('All %d images read.', len(self.samples))
 
     def __getitem__(self, index: int) -> Tuple[object, int]:
@@ -133,8 +134,9 @@ class FileLTDataset(Dataset):
         try:
             img = default_loader(path)
         except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for missing, truncated or foreign files
-            raise ValueError(f'{path}: cannot read the image ({e}); replace it or remove it from the data '
-                             f'(train.py --check-data reads every image up front)') from None
+            raise ValueError(f'{path}: cannot read the image ({e}); replace it with a readable copy, then --resume '
+                             f'(removing it changes the class counts, and a run resumes only on its own data; '
+                             f'train.py --check-data reads every image up front)') from None
         if self.transform is not None:
             img = self.transform(img)
         return img, label
@@ -232,6 +234,42 @@ def _split_dir(root: str, split: str) -> str:
                             f'--data-dir that holds train/<class>/... and val/<class>/...')
 
 
+def _folder_samples(split_dir: str, class_to_idx: Dict[str, int]) -> List[Tuple[str, int]]:
+    """``(path, class)`` of every image under ``split_dir/<class>/``, in ImageFolder's order, following symbolic links
+    but refusing a folder or image reached twice: a link such as ``class0/loop -> ..`` would silently train the other
+    classes' images as class 0, and a link to its own folder multiplies its images."""
+    seen_dirs, seen_files = {os.path.realpath(split_dir): split_dir}, {}
+
+    def scan(folder: str, groups: List[Tuple[str, List[str]]]) -> None:
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            raise ValueError(f'{folder} leads to {seen_dirs[real]} again (a symbolic link loop, or two links to one '
+                             f'folder): its images would be read twice or under another class; remove the link')
+        seen_dirs[real] = folder
+        with os.scandir(folder) as entries:
+            entries = sorted(entries, key=lambda e: e.name)
+        images = []
+        for entry in entries:
+            if entry.is_dir():
+                scan(entry.path, groups)
+            elif entry.is_file() and has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
+                real_file = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
+                if real_file in seen_files:
+                    raise ValueError(f'{entry.path} and {seen_files[real_file]} are one image file (a symbolic link): '
+                                     f'it would be trained twice or under two classes; remove one of them')
+                seen_files[real_file] = entry.path
+                images.append(entry.path)
+        groups.append((folder, images))
+
+    samples = []
+    for name, label in sorted(class_to_idx.items()):
+        if os.path.isdir(os.path.join(split_dir, name)):
+            groups = []
+            scan(os.path.join(split_dir, name), groups)
+            samples += [(path, label) for _, images in sorted(groups) for path in images]
+    return samples
+
+
 def create_folder_lt(
         root: Optional[str],
         split: str = 'train',
@@ -250,7 +288,7 @@ def create_folder_lt(
     classes, class_to_idx = find_classes(train_dir)
 
     def train_samples() -> List[Tuple[str, int]]:
-        samples = make_dataset(train_dir, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        samples = _folder_samples(train_dir, class_to_idx)
         if imb_type == 'none':
             return samples
         targets = [t for _, t in samples]
@@ -264,8 +302,17 @@ def create_folder_lt(
     if is_train_split(split, 'folder_lt'):
         samples = train_samples()
         _check_files_exist(samples, train_dir)
-        return FileLTDataset(samples, classes, class_counts=_count_labels(samples, len(classes)), transform=transform)
+        counts = _count_labels(samples, len(classes))
+        empty = [os.path.join(train_dir, classes[i]) for i, n in enumerate(counts) if n == 0]
+        if empty:  # the loss, the samplers and RSG divide by a class's count
+            raise ValueError(f'{len(empty)} class folders hold no training images (first: {empty[0]}); every class '
+                             f'needs some: add images, or remove the folder from every split')
+        return FileLTDataset(samples, classes, class_counts=counts, transform=transform)
     split_dir = _split_dir(root, split)
-    samples = make_dataset(split_dir, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    samples = _folder_samples(split_dir, class_to_idx)
     _check_files_exist(samples, split_dir)
+    missing = [name for i, name in enumerate(classes) if i not in {label for _, label in samples}]
+    if missing:
+        _logger.warning(f'{split_dir}: no images of {len(missing)} classes ({", ".join(missing[:5])}'
+                        f'{", ..." if len(missing) > 5 else ""}); their accuracy is not measured')
     return FileLTDataset(samples, classes, counts_source=train_counts, transform=transform)

@@ -65,7 +65,14 @@ def load_pretrained_tags(pretrained_dir: Union[str, os.PathLike] = PRETRAINED_DI
     path = Path(pretrained_dir) / _TAGS_FILE
     if not path.is_file():
         return {}
-    tags = json.loads(path.read_text())
+    try:
+        tags = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError naming no file
+        raise ValueError(f'{path} is not valid JSON ({e}), so no zoo tag loads; restore it (git checkout, or '
+                         f'reinstall rsg_timm)') from None
+    if not isinstance(tags, dict) or not all(isinstance(entry, dict) for entry in tags.values()):
+        raise ValueError(f'{path} must map <arch>.<tag> to an entry object; restore it (git checkout, or reinstall '
+                         f'rsg_timm)')
     for name, entry in tags.items():
         arch, _, tag = name.partition('.')
         unknown = sorted(set(entry) - _ENTRY_KEYS)
