@@ -20,7 +20,7 @@ import torch
 import yaml
 from timm.data import resolve_data_config
 from timm.utils import (ParseKwargs, distribute_bn, init_distributed_device, is_primary, random_seed,
-                        setup_default_logging, update_summary)
+                        setup_default_logging)
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.cli import run_cli, set_interrupt_hint
@@ -34,10 +34,11 @@ from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy, plot_training_curves
 from rsg_timm.models import is_rsg_model
+from rsg_timm.posthoc import training_logit_scale
 from rsg_timm.recipes import EPOCH_SWITCHES, create_lr_scheduler, create_recipe_model, create_recipe_optimizer, \
     rescale_schedule, resolve_recipe
 from rsg_timm.resume import fork_run, resume_run
-from rsg_timm.run_folder import create_run_dir, new_run_dir, truncate_summary
+from rsg_timm.run_folder import append_summary, create_run_dir, new_run_dir, truncate_summary
 
 _logger = logging.getLogger('train')
 
@@ -401,6 +402,9 @@ def main(argv=None) -> dict:
     loss_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     lr_scheduler, num_epochs = create_lr_scheduler(args, optimizer, updates_per_epoch=len(train_loader))
     criterion = create_loss(args.loss, class_counts=class_counts, **loss_kwargs(args)).to(device)
+    # eval loss and ECE on the logits the criterion saw (LDAM: cosine logits x s), where the model is calibrated
+    logit_scale = training_logit_scale(vars(args))
+    scale_label = f' (loss, ece at logits x{logit_scale:g})' if logit_scale != 1 else ''
     reweight = create_reweight(args.reweight, class_counts, beta=args.cb_beta, drw_epoch=args.drw_epoch)
 
     start_epoch = 0
@@ -456,8 +460,8 @@ def main(argv=None) -> dict:
             distribute_bn(model, args.world_size, reduce=True)
         eval_metrics, evaluator = evaluate(
             model, eval_loader, device=device, num_classes=len(class_counts), class_counts=class_counts,
-            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress,
-            distributed=args.distributed)
+            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, logit_scale=logit_scale,
+            progress=progress, distributed=args.distributed)
         lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
         if saver is not None:
             # CE (the classifier's loss) first: the total is dominated by the auxiliary terms of RSG
@@ -471,8 +475,9 @@ def main(argv=None) -> dict:
                          + (f' +{train_metrics["generated"]:.1f} generated/batch' if is_rsg_model(model) else '')
                          + f' lr {train_metrics["lr"]:.3g} '
                          f'{train_metrics["images_per_sec"]:.0f} img/s | eval '
-                         + format_metrics(eval_metrics, ('loss', 'top1', 'many', 'medium', 'few', 'ece')) + phase)
-            update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),
+                         + format_metrics(eval_metrics, ('loss', 'top1', 'many', 'medium', 'few', 'ece'))
+                         + scale_label + phase)
+            append_summary(os.path.join(output_dir, 'summary.csv'), epoch, train_metrics, eval_metrics,
                            lr=train_metrics['lr'])
             saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
         check_divergence(epoch, train_metrics['ce'], eval_metrics['loss'], _divergence_hint(args))
@@ -488,18 +493,19 @@ def main(argv=None) -> dict:
                                        is_training=False, **loader_kwargs)
         eval_metrics, evaluator = evaluate(
             model, test_loader, device=device, num_classes=len(class_counts), class_counts=class_counts,
-            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress)
+            label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, logit_scale=logit_scale,
+            progress=progress)
         selected = f'epoch {saver.best_epoch}, best {args.eval_metric} on {args.val_split}, tested on {args.test_split}'
     # the deployable result: the last (or best-val) epoch's backbone; an epoch selected on the test split would flatter
     save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
-                    data_config=data_config)
+                    data_config=data_config, logit_scale=logit_scale)
     evaluator.per_class().to_csv(os.path.join(output_dir, 'per_class.csv'), index=False)
     plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
     plot_training_curves(os.path.join(output_dir, 'summary.csv'), os.path.join(output_dir, 'curves.png'))
     result = dict(eval_metrics, selected=selected, best_metric=saver.best_metric, best_epoch=saver.best_epoch,
                   output_dir=output_dir)
     _logger.info(f'final ({selected}): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
-                                                                         'ece'))
+                                                                         'ece')) + scale_label
                  + f' | best {args.eval_metric} {saver.best_metric:.2f} at epoch {saver.best_epoch}')
     _logger.info('checkpoints (by ' + args.eval_metric + '): '
                  + ', '.join(f'{os.path.basename(path)} {metric:.2f}' for path, metric in saver.checkpoint_files))

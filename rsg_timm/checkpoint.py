@@ -25,7 +25,7 @@ from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check
     has_cosine_classifier, linear_to_cosine, set_cosine_classifier, unwrap_checkpoint
 
 __all__ = ['CheckpointError', 'RunCheckpointSaver', 'RunState', 'checkpoint_extras', 'find_resume_checkpoint',
-           'load_training_checkpoint', 'create_eval_model', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT']
+           'load_training_checkpoint', 'read_export_config', 'create_eval_model', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT']
 
 _logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class RunCheckpointSaver(CheckpointSaver):
             self._retain(epoch, metric)
 
 
-def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
+def read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
     """``config.json`` of a ``local-dir:`` or ``hf-hub:`` model (from the Hub cache ``cache_dir`` when offline)."""
     if model_name.startswith('local-dir:'):
         path = os.path.join(model_name[len('local-dir:'):], 'config.json')
@@ -245,7 +245,7 @@ def create_eval_model(
         ``(model, class_counts, label_names)``; the last two are ``None`` when the source does not carry them.
     """
     if model_name.startswith(('local-dir:', 'hf-hub:')):
-        config = _read_export_config(model_name, cache_dir=kwargs.get('cache_dir'))
+        config = read_export_config(model_name, cache_dir=kwargs.get('cache_dir'))
         try:
             model = timm.create_model(model_name, pretrained=True, **kwargs)
         except (RuntimeError, SafetensorError) as e:

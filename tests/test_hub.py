@@ -99,6 +99,7 @@ def test_push_reexports_a_run_without_export(run_dir, tmp_path):
     out = hub.main(['push', str(partial), '--repo-id', REPO_ID, '--dry-run', str(tmp_path / 'out')])
     config = json.loads((Path(out) / 'config.json').read_text())
     assert config['class_counts'] == COUNTS and config['label_names'][0] == 'c0'
+    assert config['logit_scale'] == 30.0  # LDAM's s, from the checkpoint's arguments
     reexported = timm.create_model(f'local-dir:{out}', pretrained=True)
     exported = timm.create_model(f'local-dir:{run_dir}', pretrained=True)
     torch.testing.assert_close(_logits(reexported), _logits(exported), rtol=0, atol=0)
