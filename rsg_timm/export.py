@@ -196,7 +196,9 @@ def export_run(run_dir: PathLike, out_dir: PathLike, *, repo_id: str = 'ORG/NAME
     _export_backbone(run.run_dir, out_dir)
     config = json.loads((out_dir / 'config.json').read_text())
     needs_plugin = model_entrypoint(config['architecture']).__module__.startswith(_PACKAGE)
-    (out_dir / 'README.md').write_text(create_model_card(run, config, repo_id, needs_plugin), encoding='utf-8')
+    num_params = sum(p.numel() for p in create_eval_model(f'local-dir:{out_dir.resolve()}')[0].parameters())
+    (out_dir / 'README.md').write_text(create_model_card(run, config, repo_id, needs_plugin, num_params),
+                                       encoding='utf-8')
     recipe = {k: v for k, v in run.args.items() if k not in _LOCAL_ARGS}
     (out_dir / 'args.yaml').write_text(yaml.safe_dump(recipe, sort_keys=False))
     for name in _RECORD_FILES:

@@ -20,7 +20,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_cla
 from .cifar_lt import is_train_split
 from .imbalance import long_tail_counts, select_long_tail
 
-__all__ = ['FileLTDataset', 'LIST_LT_SPECS', 'ListLTSpec', 'read_list_file', 'create_list_lt', 'create_folder_lt']
+__all__ = ['FileLTDataset', 'LIST_LT_SPECS', 'ListLTSpec', 'read_list_file', 'create_list_lt', 'create_folder_lt',
+           'folder_split_dir']
 
 _logger = logging.getLogger(__name__)
 
@@ -219,7 +220,9 @@ def create_list_lt(
     return FileLTDataset(full, classes, counts_source=counts_source, transform=transform)
 
 
-def _split_dir(root: str, split: str) -> str:
+def folder_split_dir(root: str, split: str) -> str:
+    """The folder of ``split`` under a ``folder_lt`` root: the split's own name first, then its synonyms (an
+    evaluation split ``test`` is read from ``val/`` when there is no ``test/``)."""
     if is_train_split(split, 'folder_lt'):
         names = ['train', 'training']
     else:
@@ -246,7 +249,7 @@ def create_folder_lt(
     class. Evaluation splits reuse the train folder's class index, so a class missing there cannot shift labels.
     """
     root = _require_dir(root, 'folder_lt')
-    train_dir = _split_dir(root, 'train')
+    train_dir = folder_split_dir(root, 'train')
     classes, class_to_idx = find_classes(train_dir)
 
     def train_samples() -> List[Tuple[str, int]]:
@@ -265,7 +268,7 @@ def create_folder_lt(
         samples = train_samples()
         _check_files_exist(samples, train_dir)
         return FileLTDataset(samples, classes, class_counts=_count_labels(samples, len(classes)), transform=transform)
-    split_dir = _split_dir(root, split)
+    split_dir = folder_split_dir(root, split)
     samples = make_dataset(split_dir, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     _check_files_exist(samples, split_dir)
     return FileLTDataset(samples, classes, counts_source=train_counts, transform=transform)
