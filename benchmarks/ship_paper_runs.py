@@ -13,7 +13,8 @@
    20-epoch ``*_cpu20e`` tags they replace;
 4. writes the tags' model card ``rsg_timm/pretrained/cifar10_lt_r100.md`` (shipped beside the weights): both runs
    beside the paper, RSG minus the baseline, what RSG costs the largest classes, the spread of top-1 over the last
-   ten epochs, how to get the probabilities LDAM trained, the per-class table, per-class accuracy against training images
+   ten epochs, how to get the probabilities LDAM trained, the per-class table, per-class accuracy against training
+   images
    (``*_per_class.png``, with the ``[plot]`` extra), the commands, commits and compute.
 
 ``--dry-run`` prints the page and changes no zoo file.

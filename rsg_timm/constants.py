@@ -2,7 +2,8 @@
 
 __all__ = [
     'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
-    'MANY_SHOT_MIN', 'FEW_SHOT_MAX', 'CLASS_COUNTS_KEY', 'LABEL_NAMES_KEY', 'LOGIT_SCALE_KEY', 'RSG_KEY_PREFIX', 'TRAIN_METRICS',
+    'MANY_SHOT_MIN', 'FEW_SHOT_MAX', 'CLASS_COUNTS_KEY', 'LABEL_NAMES_KEY', 'LOGIT_SCALE_KEY', 'RSG_KEY_PREFIX',
+    'TRAIN_METRICS',
 ]
 
 # The CIFAR statistics used by LDAM-DRW and the official RSG code (so recipes and checkpoints carry over).

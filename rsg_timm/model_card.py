@@ -1,9 +1,13 @@
 """Describe a train.py run folder as a Hugging Face model card (``README.md``).
 
-The card says what a long-tail reader needs to judge the weights: the recipe (from ``args.yaml``), the training
-class profile and its many/medium/few groups, the last epoch's accuracy (the honest number) beside the best test
-epoch (labelled as selected on the test split, which is what the RSG and LDAM-DRW papers report), the per-class
-table, how to train it again, how to load it, the citation and the licence. Pure text: no network, no writes.
+The card says what a long-tail reader needs to judge the weights, and nothing the run did not do: Hub metadata
+(``model-index`` with last-epoch top-1 and many/medium/few, ``base_model`` for a ``--pretrained`` start), the flags
+that acted on the weights (from ``args.yaml``; image size first, none that had no effect), the method named only for
+the phases that ran (a run that ended before DRW, deferred re-sampling or RSG's generation says so), the training
+class profile and its many/medium/few groups, the last epoch's accuracy (the honest number) beside the best epoch
+(labelled as selected on the evaluated split, named as on disk, which is what the RSG and LDAM-DRW papers report),
+ECE at the logit scale the loss trained, the per-class table, how to train it again, how to use it (top-5
+probabilities at that scale, pooled features), the citation and the licence. Pure text: no network, no writes.
 """
 import dataclasses
 import importlib.metadata

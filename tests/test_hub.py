@@ -80,7 +80,8 @@ def test_card_usage_runs_and_gives_the_trained_probabilities(run_dir, staged, tm
     card = (staged / 'README.md').read_text()
     code = card.split('```python\n')[1].split('\nimport json')[0]
     Image.new('RGB', (40, 40), (200, 30, 60)).save(tmp_path / 'image.jpg')
-    code = code.replace(f'hf-hub:{REPO_ID}', f'local-dir:{staged}').replace("'image.jpg'", repr(str(tmp_path / 'image.jpg')))
+    code = code.replace(f'hf-hub:{REPO_ID}', f'local-dir:{staged}')
+    code = code.replace("'image.jpg'", repr(str(tmp_path / 'image.jpg')))
     namespace = {}
     exec(code, namespace)
     model, x = namespace['model'], namespace['x']

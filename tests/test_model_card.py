@@ -1,5 +1,5 @@
-"""Model cards say what the run was (the demo's measured ρ, not an ignored flag; the flags that acted, image size first;
-the split by its name; only the phases that ran), read as a demo when they are one, carry metadata the Hub parses,
+"""Model cards say what the run was (the demo's measured ρ, not an ignored flag; the flags that acted, image size
+first; the split by its name; only the phases that ran), read as a demo when they are one, carry metadata the Hub parses,
 embed the run's figures, and give commands that work; training curves are drawn with the [plot] extra."""
 import pandas as pd
 import pytest
