@@ -204,8 +204,8 @@ def _evaluated_split(args: Dict[str, Any]) -> str:
 
 def _base_model(args: Dict[str, Any]) -> Optional[str]:
     """The Hub id of the timm weights a ``--pretrained`` run started from (the backbone's default tag or the named
-    one), for the card's ``base_model``."""
-    if not args.get('pretrained'):
+    one), for the card's ``base_model``; none when the start weights were a local file (``--pretrained-path``)."""
+    if not args.get('pretrained') or args.get('pretrained_path'):
         return None
     name, tag = split_model_name_tag(str(args.get('model', '')))
     arch = backbone_arch(name)
@@ -361,7 +361,7 @@ def _recipe_rows(args: Dict[str, Any], config: Dict[str, Any], last_epoch: int) 
     rows = [('image size', size)]
     for key, acts in _RECIPE:
         value = args.get(key)
-        if value is None or value is False or value == {} or (acts is not None and not acts(args)):
+        if value in (None, False, '', {}) or (acts is not None and not acts(args)):
             continue
         if key in ('fork', 'pretrained_path', 'initial_checkpoint'):
             value = Path(str(value)).name  # a path on the training machine: its file name says enough

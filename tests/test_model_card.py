@@ -118,6 +118,10 @@ def test_metadata_is_what_the_hub_parses(tmp_path):
     assert {r.dataset_split for r in data.eval_results} == {'test'}
     assert '11.18 M parameters' in card and 'image size: 32 x 32' in card
     assert 'started from the timm weights [timm/resnet18.a1_in1k]' in card
+    local = create_model_card(_run(tmp_path, 'cifar10_lt', model='rsg_resnet18', pretrained=True, initial_checkpoint='',
+                                   pretrained_path='/data/r18.safetensors'), config, 'me/r18', needs_plugin=False)
+    assert 'base_model' not in local and _recipe(local)['`--pretrained-path`'] == 'r18.safetensors'
+    assert '`--initial-checkpoint`' not in _recipe(local)  # unset: ''
 
 
 def test_usage_gives_calibrated_top5_and_features(tmp_path):
