@@ -54,6 +54,13 @@ _TAGS = ('image-classification', 'timm', 'long-tail')
 # The benchmarks whose evaluation splits are balanced (a folder_lt val/ folder is whatever the user put there).
 _BALANCED_EVAL = ('demo', 'cifar10_lt', 'cifar100_lt', 'imagenet_lt', 'places_lt', 'inat2018')
 _RSG_PAPER = 'https://arxiv.org/abs/2106.09859'
+# Datasets with a fixed class profile: train.py's --imb-* flags do not apply, so the card must not show them.
+_FIXED_PROFILE_DATASETS = ('demo',)
+
+
+def _cut(args: Dict[str, Any]) -> bool:
+    """Whether the --imb-* flags cut the training set (not for the demo's fixed profile or --imb-type none)."""
+    return args.get('dataset') not in _FIXED_PROFILE_DATASETS and args.get('imb_type') not in (None, 'none')
 
 
 def _loss(*names: str) -> Callable[[Dict[str, Any]], bool]:
@@ -73,7 +80,7 @@ _RECIPE: Tuple[Tuple[str, Optional[Callable[[Dict[str, Any]], bool]]], ...] = (
     ('fork', None), ('model_kwargs', None), ('drop', None), ('drop_path', None), ('cosine_classifier', None),
     ('official_init', None), ('crop_pct', None), ('interpolation', None), ('mean', None), ('std', None),
     ('dataset', None), ('train_split', lambda a: a.get('train_split') != 'train'),
-    ('imb_type', lambda a: _cut(a)), ('imb_factor', lambda a: _cut(a)), ('imb_select', lambda a: _cut(a)),
+    ('imb_type', _cut), ('imb_factor', _cut), ('imb_select', _cut),
     ('sampler', None), ('drs_epoch', lambda a: a.get('sampler') == 'deferred'),
     ('drs_shuffle', lambda a: a.get('sampler') == 'deferred'),
     ('loss', None), ('focal_gamma', _loss('focal')), ('ldam_max_m', _loss('ldam')), ('ldam_s', _loss('ldam')),
@@ -99,16 +106,9 @@ NOT_RECIPE_ARGS = ('config', 'log_seconds', 'check_data', 'channels_last', 'grad
                    'validation_batch_size', 'num_classes', 'val_split', 'test_split', 'img_size')
 RECIPE_ARGS = tuple(dict.fromkeys(name for name, _ in _RECIPE))
 _RESULT_KEYS = ('top1', 'top5', 'many', 'medium', 'few', 'ece')
-# Datasets with a fixed class profile: train.py's --imb-* flags do not apply, so the card must not show them.
-_FIXED_PROFILE_DATASETS = ('demo',)
 # Figures a run folder may hold (train.py writes them with the [plot] extra), shown in the card when present.
 _FIGURES = (('curves.png', 'Training curves'), ('per_class.png', 'Per-class accuracy against training images'))
 _MAX_TABLE_CLASSES = 100  # larger per-class tables stay in per_class.csv
-
-
-def _cut(args: Dict[str, Any]) -> bool:
-    """Whether the --imb-* flags cut the training set (not for the demo's fixed profile or --imb-type none)."""
-    return args.get('dataset') not in _FIXED_PROFILE_DATASETS and args.get('imb_type') not in (None, 'none')
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -361,7 +361,7 @@ def _recipe_rows(args: Dict[str, Any], config: Dict[str, Any], last_epoch: int) 
     rows = [('image size', size)]
     for key, acts in _RECIPE:
         value = args.get(key)
-        if value in (None, False, '', {}) or (acts is not None and not acts(args)):
+        if value is None or value is False or value in ('', {}) or (acts is not None and not acts(args)):
             continue
         if key in ('fork', 'pretrained_path', 'initial_checkpoint'):
             value = Path(str(value)).name  # a path on the training machine: its file name says enough
@@ -442,9 +442,9 @@ def create_model_card(run: TrainingRun, config: Dict[str, Any], repo_id: str, ne
                f'classes: {config.get("num_classes", "?")}',
                f'trained with {_repository()}, the timm plugin for [RSG]({_RSG_PAPER}) (Rare-class Sample Generator, '
                'CVPR 2021)']
-    if _base_model(args):
-        details.append(f'started from the timm weights [{_base_model(args)}](https://huggingface.co/'
-                       f'{_base_model(args)})')
+    base = _base_model(args)
+    if base:
+        details.append(f'started from the timm weights [{base}](https://huggingface.co/{base})')
     sections = [
         _front_matter(run, repo_id, phases),
         f'# {repo_id}',

@@ -62,6 +62,7 @@ def test_recipe_lists_the_flags_that_acted_image_size_first(tmp_path):
     config = {'architecture': 'resnet18', 'num_classes': 10, 'pretrained_cfg': {'input_size': [3, 64, 64]}}
     recipe = _recipe(create_model_card(_run(tmp_path, 'folder_lt', **args), config, 'me/r18', needs_plugin=False))
     assert list(recipe)[0] == 'image size' and recipe['image size'] == '64 x 64 (`--img-size 64`)'
+    assert recipe['`--warmup-epochs`'] == '0'  # a zero that differs from the default is a setting, not 'off'
     assert recipe['`--drop-path`'] == '0.1' and recipe['`--drs-epoch`'] == '1' and recipe['`--epochs`'] == '3'
     for inert in ('imb-factor', 'imb-select', 'momentum', 'decay-milestones', 'decay-rate', 'drw-epoch', 'ldam-s',
                   'warmup-lr', 'amp-dtype', 'amp'):  # no cut, AdamW, cosine, no DRW, CE, no warm-up, no AMP
