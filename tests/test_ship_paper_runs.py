@@ -130,3 +130,23 @@ def test_shipped_zoo_card_numbers_agree_with_the_tags_and_its_own_table():
     per_class = {method: table[['label', 'train_count']].assign(accuracy=table[column])
                  for method, column in (('ldam_drw', 'plain'), ('ldam_drw_rsg', 'rsg'))}
     assert ship._head_trade(per_class) in card
+    readme = (PRETRAINED_DIR.parent.parent / 'README.md').read_text()  # the last-ten-epoch ranges recorded at shipping
+    ranges = re.search(r"baseline's top-1 ranged (\S+) and RSG's (\S+?)\.\n", readme).groups()
+    assert f"the baseline's top-1 ranged {ranges[0]} and RSG's {ranges[1]} (the ranges recorded" in card
+
+
+def test_shipped_zoo_card_head_trade_over_seeds_is_the_seed_table():
+    """The card's per-seed head/rest changes are those of benchmarks/results/cifar10_lt_r100_seeds.csv."""
+    from helpers import REPO_DIR
+    from rsg_timm.models.pretrained import PRETRAINED_DIR
+
+    card = (PRETRAINED_DIR / 'cifar10_lt_r100.md').read_text()
+    seeds = pd.read_csv(f'{REPO_DIR}/benchmarks/results/cifar10_lt_r100_seeds.csv').set_index(['seed', 'arm'])
+    classes = [f'class_{i}' for i in range(10)]  # ordered by training images, largest first
+    gains = {seed: seeds.loc[(seed, 'LDAM-DRW + RSG'), classes] - seeds.loc[(seed, 'LDAM-DRW'), classes]
+             for seed in (43, 44)}
+    top1 = {seed: seeds.loc[(seed, 'LDAM-DRW + RSG'), 'last_top1'] - seeds.loc[(seed, 'LDAM-DRW'), 'last_top1']
+            for seed in (43, 44)}
+    assert (f'by {gains[43][:3].mean():+.2f} and {gains[44][:3].mean():+.2f} points on average and the other seven by '
+            f'{gains[43][3:].mean():+.2f} and {gains[44][3:].mean():+.2f}, top-1 by {top1[43]:+.2f} and '
+            f'{top1[44]:+.2f}') in card
