@@ -269,6 +269,8 @@ def create_folder_lt(
         _check_files_exist(samples, train_dir)
         return FileLTDataset(samples, classes, class_counts=_count_labels(samples, len(classes)), transform=transform)
     split_dir = folder_split_dir(root, split)
+    if os.path.basename(split_dir) != split:  # say which folder stands for the split, e.g. val/ for test
+        _logger.info('folder_lt split %r: reading %s (there is no %s/ folder)', split, split_dir, split)
     samples = make_dataset(split_dir, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     _check_files_exist(samples, split_dir)
     return FileLTDataset(samples, classes, counts_source=train_counts, transform=transform)
