@@ -155,3 +155,15 @@ def test_training_curves_png(tmp_path):
     _run(tmp_path, 'demo')
     out = plot_training_curves(str(tmp_path / 'summary.csv'), str(tmp_path / 'curves.png'))
     assert out and (tmp_path / 'curves.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_card_links_the_repository_the_package_names(tmp_path, monkeypatch):
+    import email.message
+
+    from rsg_timm import model_card
+
+    meta = email.message.Message()
+    meta['Project-URL'] = 'Source, https://example.org/rsg_timm'
+    monkeypatch.setattr(model_card.importlib.metadata, 'metadata', lambda name: meta)
+    card = create_model_card(_run(tmp_path, 'demo'), {'architecture': 'cifar_resnet32'}, 'me/d', needs_plugin=True)
+    assert f'trained with [rsg_timm](https://example.org/rsg_timm) {model_card.__version__}, the timm plugin' in card
