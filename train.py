@@ -23,7 +23,7 @@ import torch
 import yaml
 from timm.data import resolve_data_config
 from timm.utils import (ParseKwargs, distribute_bn, init_distributed_device, is_primary, random_seed,
-                        setup_default_logging, update_summary)
+                        setup_default_logging)
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.atomic import atomic_write
@@ -38,10 +38,11 @@ from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy, plot_training_curves
 from rsg_timm.models import is_rsg_model
+from rsg_timm.posthoc import training_logit_scale
 from rsg_timm.recipes import EPOCH_SWITCHES, create_lr_scheduler, create_recipe_model, create_recipe_optimizer, \
     rescale_schedule, resolve_recipe
 from rsg_timm.resume import fork_run, resume_run
-from rsg_timm.run_folder import create_run_dir, lock_run_dir, new_run_dir, truncate_summary
+from rsg_timm.run_folder import append_summary, create_run_dir, lock_run_dir, new_run_dir, truncate_summary
 
 _logger = logging.getLogger('train')
 
@@ -505,6 +506,9 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     loss_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     lr_scheduler, num_epochs = create_lr_scheduler(args, optimizer, updates_per_epoch=len(train_loader))
     criterion = create_loss(args.loss, class_counts=class_counts, **loss_kwargs(args)).to(device)
+    # eval loss and ECE on the logits the criterion saw (LDAM: cosine logits x s), where the model is calibrated
+    logit_scale = training_logit_scale(vars(args))
+    scale_label = f' (loss, ece at logits x{logit_scale:g})' if logit_scale != 1 else ''
     reweight = create_reweight(args.reweight, class_counts, beta=args.cb_beta, drw_epoch=args.drw_epoch)
 
     start_epoch = 0
@@ -551,7 +555,8 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     progress = is_primary(args) and not args.no_progress and sys.stderr.isatty()
     evaluate_on = functools.partial(
         evaluate, model, device=device, num_classes=len(class_counts), class_counts=class_counts,
-        label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, progress=progress)
+        label_names=label_names, amp_dtype=amp_dtype, channels_last=args.channels_last, logit_scale=logit_scale,
+        progress=progress)
     eval_metrics, evaluator = {}, None
     run_start = time.perf_counter()
     for epoch in range(start_epoch, num_epochs):
@@ -577,12 +582,13 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
                          + (f' +{train_metrics["generated"]:.1f} generated/batch' if is_rsg_model(model) else '')
                          + f' lr {train_metrics["lr"]:.3g} '
                          f'{train_metrics["images_per_sec"]:.0f} img/s | eval '
-                         + format_metrics(eval_metrics, ('loss', 'top1', 'many', 'medium', 'few', 'ece')) + phase)
+                         + format_metrics(eval_metrics, ('loss', 'top1', 'many', 'medium', 'few', 'ece'))
+                         + scale_label + phase)
         # before anything of this epoch is saved, so last.pth.tar and model_best.pth.tar keep healthy weights
         check_divergence(epoch, train_metrics['ce'], eval_metrics['loss'],
                          _divergence_hint(args) + ' ' + _last_good_checkpoint(args, output_dir, epoch, start_epoch))
         if saver is not None:
-            update_summary(epoch, train_metrics, eval_metrics, os.path.join(output_dir, 'summary.csv'),
+            append_summary(os.path.join(output_dir, 'summary.csv'), epoch, train_metrics, eval_metrics,
                            lr=train_metrics['lr'])
             saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
 
@@ -604,7 +610,7 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     # the deployable result: the last (or best-val) epoch's backbone; an epoch selected on the test split would flatter
     try:
         save_pretrained(model, output_dir, class_counts=class_counts, label_names=label_names,
-                        data_config=data_config)
+                        data_config=data_config, logit_scale=logit_scale)
         plot_per_class_accuracy(evaluator.per_class(), os.path.join(output_dir, 'per_class.png'))
         plot_training_curves(os.path.join(output_dir, 'summary.csv'), os.path.join(output_dir, 'curves.png'))
         with atomic_write(os.path.join(output_dir, 'per_class.csv'), newline='') as f:  # last: it marks the end
@@ -617,7 +623,7 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     result = dict(eval_metrics, selected=selected, best_metric=saver.best_metric, best_epoch=saver.best_epoch,
                   output_dir=output_dir)
     _logger.info(f'final ({selected}): ' + format_metrics(eval_metrics, ('top1', 'top5', 'many', 'medium', 'few',
-                                                                         'ece'))
+                                                                         'ece')) + scale_label
                  + f' | best {args.eval_metric} {saver.best_metric:.2f} at epoch {saver.best_epoch}')
     _logger.info('checkpoints (by ' + args.eval_metric + '): '
                  + ', '.join(f'{os.path.basename(path)} {metric:.2f}' for path, metric in saver.checkpoint_files))

@@ -9,6 +9,8 @@ and the training profile come from what the model records (the checkpoint's argu
 beside an export, a zoo tag's entry); a model that records none needs ``--dataset``. So do the image size, crop,
 interpolation, mean and std the run trained with: a checkpoint scores what its export scores. ``--logit-adjust`` and
 ``--tau-norm`` apply the post-hoc long-tail corrections, logit adjustment on the logits as the training loss saw them.
+Loss and ECE are on that scale too (LDAM: the cosine logits x s, 30 by default), where the model was fitted; the result
+says which (``logit_scale``).
 """
 import argparse
 import json
@@ -26,7 +28,8 @@ from timm.utils import ParseKwargs, setup_default_logging
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.cli import run_cli
-from rsg_timm.checkpoint import create_eval_model, load_training_checkpoint
+from rsg_timm.checkpoint import create_eval_model, load_training_checkpoint, read_export_config
+from rsg_timm.constants import LOGIT_SCALE_KEY
 from rsg_timm.data import create_lt_dataset, create_lt_loader, list_lt_datasets
 from rsg_timm.engine import evaluate
 from rsg_timm.export import strip_rsg
@@ -82,8 +85,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         help='post-hoc logit adjustment: predict with S * logits - TAU * log(prior), S the scale '
                              'the training loss applied (LDAM: its s, read from the training arguments)')
     parser.add_argument('--logit-scale', type=float, default=None, metavar='S',
-                        help='the training logit scale S for --logit-adjust when the model does not record its loss '
-                             '(LDAM: --ldam-s, 30 by default; CE: 1)')
+                        help='the factor S the training loss applied to the logits, for the loss, ECE and '
+                             '--logit-adjust (default: the recorded one; LDAM: --ldam-s, 30 by default; CE: 1)')
     parser.add_argument('--tau-norm', type=float, default=None, metavar='TAU',
                         help='post-hoc tau-normalisation of the classifier weights (bias dropped)')
     parser.add_argument('--results-file', default='', help='write the summary row here')
@@ -114,7 +117,8 @@ def _check_output_files(args: argparse.Namespace) -> None:
 
 def _training_record(model_name: str, checkpoint_path: str, cache_dir: Optional[str] = None) -> dict:
     """The training arguments the model records (``{}`` when none): a checkpoint's ``args``, the ``args.yaml`` of
-    the run folder or Hub repo an export sits in, or a zoo tag's ``train_args`` and ``class_counts``."""
+    the run folder or Hub repo an export sits in (else the ``logit_scale`` its ``config.json`` records), or a zoo
+    tag's ``train_args`` and ``class_counts``."""
     if checkpoint_path:
         saved = load_training_checkpoint(checkpoint_path).get('args')
         return dict(vars(saved) if isinstance(saved, argparse.Namespace) else saved or {})
@@ -131,7 +135,10 @@ def _training_record(model_name: str, checkpoint_path: str, cache_dir: Optional[
     else:
         entry = load_pretrained_tags().get(model_name, {})
         return dict(entry.get('train_args', {}), class_counts=entry.get('class_counts'))
-    return read_args_yaml(path) if path and os.path.isfile(path) else {}
+    if path and os.path.isfile(path):
+        return read_args_yaml(path)
+    scale = read_export_config(model_name, cache_dir=cache_dir).get(LOGIT_SCALE_KEY)
+    return {} if scale is None else {LOGIT_SCALE_KEY: scale}
 
 
 def _resolve_dataset(args: argparse.Namespace, record: dict) -> None:
@@ -175,13 +182,20 @@ def _describe_data_config(data_config: dict, restored: List[str], source: str) -
 
 
 def _logit_scale(args: argparse.Namespace, model: torch.nn.Module, record: dict) -> float:
-    """The factor the training loss applied to the logits; a cosine head with no recorded loss is refused."""
+    """The factor the training loss applied to the logits. A cosine head with no recorded loss is refused for
+    --logit-adjust, and evaluated unscaled (with a warning) otherwise."""
     if args.logit_scale is not None:
         return args.logit_scale
     scale = training_logit_scale(record)
+    if scale is None:
+        scale = record.get(LOGIT_SCALE_KEY)
     if scale is not None:
-        return scale
-    if has_cosine_classifier(model):
+        return float(scale)
+    if has_cosine_classifier(model) and args.logit_adjust is None:
+        _logger.warning(f'{args.model} has a cosine classifier and records no training loss: its loss and ECE are on '
+                        f'the unscaled cosine logits; pass --logit-scale S (the --ldam-s it was trained with, 30 by '
+                        f'default) for the scale it was fitted at')
+    elif has_cosine_classifier(model):
         raise ValueError(
             f'--logit-adjust: {args.model} has a cosine classifier (logits in [-1, 1]) and records no training loss, '
             f'so the scale its loss applied is unknown and log-priors would swamp the logits; pass --logit-scale S '
@@ -208,7 +222,7 @@ def main(argv=None) -> dict:
     _resolve_dataset(args, record)
     restored = _restore_data_config(args, record)
     model = strip_rsg(model)  # evaluation runs the deployable backbone; RSG adds nothing at test time
-    logit_scale = _logit_scale(args, model, record) if args.logit_adjust is not None else None
+    logit_scale = _logit_scale(args, model, record)
     if args.tau_norm is not None:
         model = tau_normalize(model, args.tau_norm)
     dataset = create_lt_dataset(args.dataset, args.data_dir, split=args.split, is_training=False,
@@ -232,12 +246,13 @@ def main(argv=None) -> dict:
                               data_config=data_config, device=device, num_workers=args.workers,
                               channels_last=args.channels_last)
     _logger.info(f'evaluating {len(dataset)} {args.dataset} {args.split} images in {len(loader)} batches')
-    transform = partial(logit_adjust, class_counts=class_counts, tau=args.logit_adjust, scale=logit_scale) \
+    # evaluate scales the logits first, so the adjustment subtracts the log-priors from the trained scale
+    transform = partial(logit_adjust, class_counts=class_counts, tau=args.logit_adjust) \
         if args.logit_adjust is not None else None
     metrics, evaluator = evaluate(model, loader, device=device, num_classes=model.num_classes,
                                   class_counts=class_counts, label_names=label_names or list(dataset.classes),
-                                  amp_dtype=amp_dtype, channels_last=args.channels_last, logit_transform=transform,
-                                  log_interval=args.log_freq)
+                                  amp_dtype=amp_dtype, channels_last=args.channels_last, logit_scale=logit_scale,
+                                  logit_transform=transform, log_interval=args.log_freq)
 
     results = OrderedDict(model=args.model, checkpoint=args.checkpoint)
     for key in ('top1', 'top5'):
@@ -248,7 +263,8 @@ def main(argv=None) -> dict:
                    img_size=data_config['input_size'][-1], logit_adjust=args.logit_adjust, logit_scale=logit_scale,
                    tau_norm=args.tau_norm)
     _logger.info(f'{args.model} on {args.dataset} {args.split} ({len(dataset)} images): '
-                 + format_metrics(metrics, ('top1', 'top5', 'many', 'medium', 'few', 'ece')))
+                 + format_metrics(metrics, ('top1', 'top5', 'many', 'medium', 'few', 'loss', 'ece'))
+                 + (f' (loss, ece at logits x{logit_scale:g})' if logit_scale != 1 else ''))
     print('--result')
     print(json.dumps(results, indent=4))
 

@@ -12,7 +12,9 @@
    weights; notes: last and best epoch, many/medium/few, the command, the commit, the compute), and retires the
    20-epoch ``*_cpu20e`` tags they replace;
 4. writes the tags' model card ``rsg_timm/pretrained/cifar10_lt_r100.md`` (shipped beside the weights): both runs
-   beside the paper, RSG minus the baseline, the per-class table, per-class accuracy against training images
+   beside the paper, RSG minus the baseline, what RSG costs the largest classes, the spread of top-1 over the last
+   ten epochs, how to get the probabilities LDAM trained, the per-class table, per-class accuracy against training
+   images
    (``*_per_class.png``, with the ``[plot]`` extra), the commands, commits and compute.
 
 ``--dry-run`` prints the page and changes no zoo file.
@@ -38,6 +40,7 @@ from rsg_timm.metrics import plot_per_class_accuracy  # noqa: E402
 from rsg_timm.model_card import markdown_table  # noqa: E402
 from rsg_timm.models.pretrained import PRETRAINED_DIR, add_pretrained, load_pretrained_tags, \
     remove_pretrained  # noqa: E402
+from rsg_timm.posthoc import training_logit_scale  # noqa: E402
 from rsg_timm.run_folder import TrainingRun, read_run  # noqa: E402
 from reproduce import PAPER_TOP1 as _PAPER  # noqa: E402
 
@@ -122,6 +125,34 @@ def _per_class_table(runs: Dict[str, TrainingRun]) -> str:
                           rows)
 
 
+def _last_epochs_spread(histories: Dict[str, pd.DataFrame], epochs: int = 10) -> str:
+    """How much the last epoch's top-1 owes to the epoch: each run's top-1 over its last ``epochs`` epochs, and the
+    per-epoch difference of the two (same epochs, same test split)."""
+    tails = {method: h.set_index('epoch')['eval_top1'].iloc[-epochs:] for method, h in histories.items()}
+    first, last = int(tails['ldam_drw_rsg'].index[0]), int(tails['ldam_drw_rsg'].index[-1])
+    gap = (tails['ldam_drw_rsg'] - tails['ldam_drw']).dropna()
+    rows = [(name, t.mean(), t.std(), t.min(), t.max()) for name, t in
+            (('LDAM-DRW', tails['ldam_drw']), ('LDAM-DRW + RSG', tails['ldam_drw_rsg']), ('RSG minus baseline', gap))]
+    return '\n'.join([
+        f'Top-1 over the last {len(tails["ldam_drw_rsg"])} epochs ({first}-{last}), one seed: the spread says how '
+        'much of a one-epoch number is the epoch rather than the method.',
+        '',
+        markdown_table(['run', 'mean', 'std', 'min', 'max'], rows),
+    ])
+
+
+def _head_trade(per_class: Dict[str, pd.DataFrame], head: int = 3) -> str:
+    """What RSG costs the largest classes and gives the others, from the per-class table (last epoch)."""
+    table = per_class['ldam_drw'][['label', 'train_count', 'accuracy']].assign(
+        gain=per_class['ldam_drw_rsg']['accuracy'].to_numpy() - per_class['ldam_drw']['accuracy'].to_numpy())
+    table = table.sort_values('train_count', ascending=False)
+    top, rest = table.iloc[:head], table.iloc[head:]
+    changes = ', '.join(f'{r.label} ({r.train_count} images) {r.gain:+.2f}' for r in top.itertuples())
+    return (f'**The trade.** On the {head} largest classes RSG changes accuracy by {changes} points (mean '
+            f'{top["gain"].mean():+.2f}); on the other {len(rest)} classes by {rest["gain"].mean():+.2f} on average, '
+            f'from {rest["gain"].min():+.2f} to {rest["gain"].max():+.2f} (last epoch, per-class table below).')
+
+
 def _shown(path: Path) -> str:
     """A run folder as the page shows it: relative to the repository when inside it (no machine paths)."""
     path = Path(path).resolve()
@@ -149,6 +180,7 @@ def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame
     first = int(runs['ldam_drw'].summary['epoch'].iloc[0])
     rows.append(('RSG minus baseline', *gain, '', PAPER_TOP1['ldam_drw_rsg'] - PAPER_TOP1['ldam_drw']))
     verdict = 'ahead of' if gain[0] > 0 else 'not ahead of'
+    scale = training_logit_scale(runs['ldam_drw_rsg'].args)
     return '\n'.join([
         '# CIFAR-10-LT (rho = 100): the official 200-epoch LDAM-DRW recipe with and without RSG',
         '',
@@ -160,6 +192,17 @@ def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame
         '',
         f'At this seed RSG is **{verdict}** the baseline: {gain[0]:+.2f} points top-1 (last epoch).',
         '',
+        _head_trade({method: run.per_class for method, run in runs.items()}),
+        '',
+        '## Over the last ten epochs',
+        '',
+        _last_epochs_spread(histories),
+        '',
+        *(['## Calibrated probabilities', '',
+           f'Both models have a cosine head, and LDAM trained softmax({scale:g} x logits): '
+           f"`(timm.create_model('{tags['ldam_drw_rsg']}', pretrained=True)(x) * {scale:g}).softmax(-1)` are the "
+           'probabilities the loss fitted (`validate.py` reports loss and ECE at that scale).', '']
+          if scale != 1 else []),
         *_empty_groups(runs['ldam_drw'].per_class),
         f"The LDAM-DRW run's epochs 0-{first - 1} are the RSG run's: it was forked from the RSG run's "
         f'epoch-{first - 1} checkpoint (`train.py --fork`), which equals a straight LDAM-DRW run bit for bit before '

@@ -26,8 +26,8 @@ from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check
 from .version import __version__
 
 __all__ = ['CheckpointError', 'RunCheckpointSaver', 'RunState', 'checkpoint_extras', 'find_resume_checkpoint',
-           'load_training_checkpoint', 'create_eval_model', 'BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'TMP_CHECKPOINT',
-           'VERSION_KEY']
+           'load_training_checkpoint', 'read_export_config', 'create_eval_model', 'BEST_CHECKPOINT', 'LAST_CHECKPOINT',
+           'TMP_CHECKPOINT', 'VERSION_KEY']
 
 _logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class RunCheckpointSaver(CheckpointSaver):
                         f'left to restore it from')
 
 
-def _read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
+def read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
     """``config.json`` of a ``local-dir:`` or ``hf-hub:`` model (from the Hub cache ``cache_dir`` when offline)."""
     if model_name.startswith('local-dir:'):
         path = os.path.join(model_name[len('local-dir:'):], 'config.json')
@@ -296,7 +296,7 @@ def create_eval_model(
         ``(model, class_counts, label_names)``; the last two are ``None`` when the source does not carry them.
     """
     if model_name.startswith(('local-dir:', 'hf-hub:')):
-        config = _read_export_config(model_name, cache_dir=kwargs.get('cache_dir'))
+        config = read_export_config(model_name, cache_dir=kwargs.get('cache_dir'))
         try:
             model = timm.create_model(model_name, pretrained=True, **kwargs)
         except (RuntimeError, SafetensorError) as e:

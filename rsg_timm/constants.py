@@ -2,7 +2,8 @@
 
 __all__ = [
     'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
-    'MANY_SHOT_MIN', 'FEW_SHOT_MAX', 'CLASS_COUNTS_KEY', 'LABEL_NAMES_KEY', 'RSG_KEY_PREFIX', 'TRAIN_METRICS',
+    'MANY_SHOT_MIN', 'FEW_SHOT_MAX', 'CLASS_COUNTS_KEY', 'LABEL_NAMES_KEY', 'LOGIT_SCALE_KEY', 'RSG_KEY_PREFIX',
+    'TRAIN_METRICS',
 ]
 
 # The CIFAR statistics used by LDAM-DRW and the official RSG code (so recipes and checkpoints carry over).
@@ -18,6 +19,9 @@ FEW_SHOT_MAX = 20
 # Keys under which training class counts and label names travel in checkpoints and config.json.
 CLASS_COUNTS_KEY = 'class_counts'
 LABEL_NAMES_KEY = 'label_names'
+# config.json key of the factor the training loss applied to the logits (LDAM's s); absent when it was 1. Calibrated
+# probabilities are softmax(logit_scale * logits). A root key: timm's pretrained_cfg refuses unknown fields.
+LOGIT_SCALE_KEY = 'logit_scale'
 # State-dict keys of an RSG model's RSG module (the backbone's keys have no prefix).
 RSG_KEY_PREFIX = 'rsg.'
 

@@ -246,6 +246,7 @@ def evaluate(
         label_names: Optional[Sequence[str]] = None,
         amp_dtype: Optional[torch.dtype] = None,
         channels_last: bool = False,
+        logit_scale: float = 1.0,
         logit_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         progress: bool = False,
         distributed: bool = False,
@@ -254,7 +255,12 @@ def evaluate(
     """Evaluate a classifier: loss, top-1/top-5, many/medium/few, ECE.
 
     Args:
-        logit_transform: optional post-hoc change of the logits (e.g. logit adjustment) before any metric.
+        logit_scale: the factor the training loss applied to the logits (LDAM's s, 30 by default, on a cosine head
+            whose logits lie in [-1, 1]; see ``posthoc.training_logit_scale``). Loss and ECE are computed on the
+            logits times it, the scale the model was fitted at; accuracy does not depend on it. The metrics
+            record it as ``logit_scale`` (summary.csv's ``eval_logit_scale``), so a reader knows which scale they
+            are on.
+        logit_transform: optional post-hoc change of the scaled logits (e.g. logit adjustment) before any metric.
         distributed: each rank saw a shard of the data; sum the statistics over ranks before computing.
         log_interval: without ``progress``, log the batches done, the speed and the top-1 so far every this many
             batches (0: never), so that a long evaluation shows it is alive.
@@ -277,7 +283,7 @@ def evaluate(
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, amp_dtype):
             logits = model(images)
-        logits = logits.float()
+        logits = logits.float() * logit_scale
         if logit_transform is not None:
             logits = logit_transform(logits)
         loss_sum[0] += nn.functional.cross_entropy(logits, target, reduction='sum')
@@ -295,4 +301,5 @@ def evaluate(
     metrics = {'loss': total / max(count, 1.0)}
     metrics.update(evaluator.compute())
     metrics = {k: (float('nan') if v is None else v) for k, v in metrics.items()}
+    metrics['logit_scale'] = float(logit_scale)
     return metrics, evaluator

@@ -8,9 +8,12 @@ counts and label names travel in ``config.json`` (``class_counts``, ``label_name
 (LDAM) classifier is written with timm's linear ``fc`` (normalised class vectors, zero bias) and
 ``"cosine_classifier": true``: plain timm predicts the same classes with logits scaled by the feature norm, and
 ``rsg_timm.checkpoint.create_eval_model`` (``validate.py``) restores the cosine logits (``models/classifier.py``
-says why). :func:`export_run` stages a whole run for publishing: that export, a model card and the run's records.
-Nothing here touches the network; ``hub.py`` moves such folders.
+says why). A model trained with LDAM records the factor its loss applied to the cosine logits as ``"logit_scale"``
+(30 by default): ``softmax(logit_scale * cosine logits)`` are the probabilities it was fitted to.
+:func:`export_run` stages a whole run for publishing: that export, a model card and the run's records. Nothing here
+touches the network; ``hub.py`` moves such folders.
 """
+import argparse
 import copy
 import json
 import logging
@@ -30,11 +33,12 @@ from timm.models import model_entrypoint, save_for_hf
 from timm.models.resnet import ResNet
 
 from .checkpoint import create_eval_model, load_training_checkpoint
-from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
+from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, LOGIT_SCALE_KEY, RSG_KEY_PREFIX
 from .model_card import create_model_card
 from .models import is_rsg_model
 from .models.classifier import COSINE_CLASSIFIER_KEY, cosine_to_linear, has_cosine_classifier, \
     set_cosine_classifier
+from .posthoc import training_logit_scale
 from .run_folder import read_run
 
 __all__ = ['strip_rsg', 'save_pretrained', 'load_class_counts', 'export_run']
@@ -86,6 +90,7 @@ def save_pretrained(
         class_counts: Optional[Sequence[int]] = None,
         label_names: Optional[Sequence[str]] = None,
         data_config: Optional[Dict[str, Any]] = None,
+        logit_scale: Optional[float] = None,
 ) -> Path:
     """Write the plain backbone of ``model`` as ``model.safetensors`` + ``config.json`` into ``out_dir``.
 
@@ -98,6 +103,8 @@ def save_pretrained(
         class_counts: training images per class; defaults to the counts given to ``model.set_class_counts``.
         label_names: one name per class.
         data_config: the preprocessing used (as from ``timm.data.resolve_data_config``).
+        logit_scale: the factor the training loss applied to the logits (``posthoc.training_logit_scale``), recorded
+            when it is not 1.
 
     Returns:
         The export folder.
@@ -114,6 +121,8 @@ def save_pretrained(
         values = _per_class(values, key, backbone.num_classes)
         if values is not None:
             model_config[key] = values
+    if logit_scale is not None and logit_scale != 1:
+        model_config[LOGIT_SCALE_KEY] = float(logit_scale)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,13 +166,16 @@ def _export_backbone(run_dir: Path, out_dir: Path) -> None:
     if not checkpoint.is_file():
         raise FileNotFoundError(f'{str(run_dir)!r} has neither an exported backbone (config.json + model.safetensors) '
                                 f'nor last.pth.tar to export one from; is it a train.py run folder?')
-    backbone = load_training_checkpoint(str(checkpoint)).get('backbone')
+    saved = load_training_checkpoint(str(checkpoint))
+    backbone = saved.get('backbone')
     if not backbone:
         raise FileNotFoundError(f'{str(checkpoint)!r} does not record its backbone; it was not written by train.py')
     model, class_counts, label_names = create_eval_model(backbone, str(checkpoint))
     _logger.info(f'{run_dir} has no export; exporting the backbone of {checkpoint}')
+    train_args = saved.get('args')
+    train_args = vars(train_args) if isinstance(train_args, argparse.Namespace) else train_args or {}
     save_pretrained(model, out_dir, class_counts=class_counts, label_names=label_names,
-                    data_config=resolve_data_config({}, model=model))
+                    data_config=resolve_data_config({}, model=model), logit_scale=training_logit_scale(train_args))
 
 
 def export_run(run_dir: PathLike, out_dir: PathLike, *, repo_id: str = 'ORG/NAME') -> Path:
@@ -185,7 +197,9 @@ def export_run(run_dir: PathLike, out_dir: PathLike, *, repo_id: str = 'ORG/NAME
     _export_backbone(run.run_dir, out_dir)
     config = json.loads((out_dir / 'config.json').read_text())
     needs_plugin = model_entrypoint(config['architecture']).__module__.startswith(_PACKAGE)
-    (out_dir / 'README.md').write_text(create_model_card(run, config, repo_id, needs_plugin), encoding='utf-8')
+    num_params = sum(p.numel() for p in create_eval_model(f'local-dir:{out_dir.resolve()}')[0].parameters())
+    (out_dir / 'README.md').write_text(create_model_card(run, config, repo_id, needs_plugin, num_params),
+                                       encoding='utf-8')
     recipe = {k: v for k, v in run.args.items() if k not in _LOCAL_ARGS}
     (out_dir / 'args.yaml').write_text(yaml.safe_dump(recipe, sort_keys=False))
     for name in _RECORD_FILES:

@@ -26,7 +26,7 @@ import yaml
 from .atomic import atomic_write
 
 __all__ = ['TrainingRun', 'read_run', 'read_args_yaml', 'died_before_first_checkpoint', 'new_run_dir',
-           'create_run_dir', 'lock_run_dir', 'truncate_summary', 'LOCK_FILE']
+           'create_run_dir', 'lock_run_dir', 'truncate_summary', 'append_summary', 'LOCK_FILE']
 
 LOCK_FILE = '.train.lock'
 
@@ -190,3 +190,29 @@ def truncate_summary(path: str, start_epoch: int) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def append_summary(path: str, epoch: int, train_metrics: Dict[str, Any], eval_metrics: Dict[str, Any],
+                   lr: float) -> None:
+    """Append an epoch's row to ``summary.csv`` (timm's columns: ``epoch``, ``train_*``, ``eval_*``, ``lr``).
+
+    A run resumed by a newer rsg_timm may report a column its earlier epochs did not (e.g. ``eval_logit_scale``);
+    the file is then rewritten once with the union of the columns, the earlier rows left empty there, so that no
+    row is written under another column's header.
+    """
+    row = {'epoch': epoch, **{f'train_{k}': v for k, v in train_metrics.items()},
+           **{f'eval_{k}': v for k, v in eval_metrics.items()}, 'lr': lr}
+    fields, rows = list(row), []
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, newline='') as f:
+            reader = csv.DictReader(f)
+            old_fields, rows = reader.fieldnames or [], list(reader)
+        if set(fields) <= set(old_fields):
+            with open(path, 'a', newline='') as f:
+                csv.DictWriter(f, fieldnames=old_fields, restval='').writerow(row)
+            return
+        fields = [*old_fields, *(k for k in fields if k not in old_fields)]
+    with atomic_write(path, newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval='')
+        writer.writeheader()
+        writer.writerows([*rows, row])

@@ -263,7 +263,7 @@ def test_workers_beyond_the_cores_are_clamped_with_a_note(tiny_folder, caplog):
                             num_workers=1).num_workers == 1
 
 
-def test_folder_lt(tmp_path):
+def test_folder_lt(tmp_path, caplog):
     for c, name in enumerate(['cat', 'dog', 'eel']):
         for i in range(8):
             _png(str(tmp_path / 'train' / name / f'{i}.png'), c)
@@ -274,8 +274,10 @@ def test_folder_lt(tmp_path):
     lt = create_lt_dataset('folder_lt', str(tmp_path), imb_type='exp', imb_factor=0.25)
     assert lt.class_counts == [8, 4, 2] and len(lt) == 14
     assert [os.path.basename(p) for p, _ in lt.samples[8:12]] == ['0.png', '1.png', '2.png', '3.png']
-    val = create_lt_dataset('folder_lt', str(tmp_path), split='val', imb_type='exp', imb_factor=0.25)
+    with caplog.at_level(logging.INFO, logger='rsg_timm.data.list_lt'):
+        val = create_lt_dataset('folder_lt', str(tmp_path), split='test', imb_type='exp', imb_factor=0.25)
     assert val.targets == [0, 2] and val.class_counts == [8, 4, 2]
+    assert f"folder_lt split 'test': reading {tmp_path / 'validation'} (there is no test/ folder)" in caplog.text
     with pytest.raises(FileNotFoundError, match='--data-dir'):
         create_lt_dataset('folder_lt', str(tmp_path / 'validation'))
 

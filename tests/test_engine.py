@@ -115,3 +115,22 @@ def test_per_update_schedule_counts_from_the_epoch():
     train_one_epoch(model, batches, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.0), epoch=4,
                     device=torch.device('cpu'), lr_scheduler=_Scheduler(), log_interval=0)
     assert steps == [13, 14, 15]
+
+
+def test_evaluate_reports_loss_and_ece_on_the_training_scale():
+    """A cosine head's logits lie in [-1, 1]; LDAM fitted it to softmax(s * logits). Loss and ECE are those of the
+    scaled logits, labelled with the scale; accuracy does not move."""
+    from rsg_timm.engine import evaluate
+    from rsg_timm.metrics import calibration_error
+
+    cosine = torch.rand(40, 5, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    target = torch.arange(40) % 5
+    loader = [(cosine[:25], target[:25]), (cosine[25:], target[25:])]
+    common = dict(device=torch.device('cpu'), num_classes=5, class_counts=[500, 200, 50, 30, 5])
+    scaled, _ = evaluate(nn.Identity(), loader, logit_scale=30.0, **common)
+    unscaled, _ = evaluate(nn.Identity(), loader, **common)
+    assert scaled['loss'] == pytest.approx(nn.functional.cross_entropy(30 * cosine, target).item(), rel=1e-6)
+    assert scaled['ece'] == pytest.approx(calibration_error(30 * cosine, target)[0], rel=1e-6)
+    assert scaled['ece'] != pytest.approx(unscaled['ece'])
+    assert (scaled['logit_scale'], unscaled['logit_scale']) == (30.0, 1.0)
+    assert all(scaled[k] == unscaled[k] for k in ('top1', 'top5', 'many', 'medium', 'few'))

@@ -398,3 +398,20 @@ def test_resume_takes_the_recipe_but_not_how_the_run_was_started_or_run():
     assert (args.epochs, args.lr) == (4, 0.3)  # the run's recipe, except what is given now
     assert (args.fork, args.output, args.workers, args.resume) == ('', '', 2, 'RUN')
     assert args.device != 'cuda:3'
+
+
+def test_summary_rows_stay_under_their_columns_when_a_resumed_run_reports_more(tmp_path):
+    """A run resumed by a newer version may report a new column (eval_logit_scale): the file is widened once and
+    every value stays under its own header."""
+    import pandas as pd
+
+    from rsg_timm.run_folder import append_summary
+
+    path = str(tmp_path / 'summary.csv')
+    append_summary(path, 0, {'ce': 2.0}, {'loss': 60.0, 'top1': 10.0}, lr=0.1)
+    append_summary(path, 1, {'ce': 1.5}, {'loss': 1.9, 'top1': 20.0, 'logit_scale': 30.0}, lr=0.1)
+    append_summary(path, 2, {'ce': 1.2}, {'loss': 1.7, 'top1': 30.0, 'logit_scale': 30.0}, lr=0.01)
+    summary = pd.read_csv(path)
+    assert list(summary.columns) == ['epoch', 'train_ce', 'eval_loss', 'eval_top1', 'lr', 'eval_logit_scale']
+    assert summary['eval_top1'].tolist() == [10.0, 20.0, 30.0] and summary['lr'].tolist() == [0.1, 0.1, 0.01]
+    assert summary['eval_logit_scale'].isna().tolist() == [True, False, False]

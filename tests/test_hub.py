@@ -65,11 +65,29 @@ def test_dry_run_stages_export_card_and_records(run_dir, staged):
                  'LDAM + DRW + RSG', '| many | > 100 | 0 |', '| medium | 20..100 | 3 |', '| few | < 20 | 7 |',
                  '| last epoch (1) |', f'best top1 on test (epoch {best_epoch})', "published weights are the last epoch's",
                  '| 9 | c9 | 2 | 8 |', 'python train.py --config args.yaml', f"create_model('hf-hub:{REPO_ID}'",
-                 f'python validate.py --model hf-hub:{REPO_ID}', 'import timm, rsg_timm',
+                 f'python validate.py --model hf-hub:{REPO_ID}', 'import timm, torch, rsg_timm',
                  'author    = {Wang, Jianfeng and Lukasiewicz, Thomas and Hu, Xiaolin and Cai, Jianfei and Xu, '
                  'Zhenghua}', 'Apache-2.0'):
         assert text in card, text
     assert f'| last epoch (1) | {summary["eval_top1"].iloc[-1]:.2f} |' in card
+
+
+def test_card_usage_runs_and_gives_the_trained_probabilities(run_dir, staged, tmp_path):
+    """The card's Python example, on the staged export: top-5 probabilities are softmax(30 x the cosine logits) that
+    LDAM trained, and the features are the pooled backbone output."""
+    from PIL import Image
+
+    card = (staged / 'README.md').read_text()
+    code = card.split('```python\n')[1].split('\nimport json')[0]
+    Image.new('RGB', (40, 40), (200, 30, 60)).save(tmp_path / 'image.jpg')
+    code = code.replace(f'hf-hub:{REPO_ID}', f'local-dir:{staged}')
+    code = code.replace("'image.jpg'", repr(str(tmp_path / 'image.jpg')))
+    namespace = {}
+    exec(code, namespace)
+    model, x = namespace['model'], namespace['x']
+    expected = (30 * model(x)).softmax(dim=-1)
+    torch.testing.assert_close(namespace['top5'].values, expected.topk(5).values)
+    assert namespace['features'].shape == (1, model.num_features) and '0.46 M parameters' in card
 
 
 def test_push_uploads_the_staged_folder(run_dir, staged, monkeypatch):
@@ -99,6 +117,7 @@ def test_push_reexports_a_run_without_export(run_dir, tmp_path):
     out = hub.main(['push', str(partial), '--repo-id', REPO_ID, '--dry-run', str(tmp_path / 'out')])
     config = json.loads((Path(out) / 'config.json').read_text())
     assert config['class_counts'] == COUNTS and config['label_names'][0] == 'c0'
+    assert config['logit_scale'] == 30.0  # LDAM's s, from the checkpoint's arguments
     reexported = timm.create_model(f'local-dir:{out}', pretrained=True)
     exported = timm.create_model(f'local-dir:{run_dir}', pretrained=True)
     torch.testing.assert_close(_logits(reexported), _logits(exported), rtol=0, atol=0)

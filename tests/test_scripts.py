@@ -1,6 +1,7 @@
 """train.py and validate.py end to end on a tiny long-tailed set: outputs, resume, export, DDP, AMP, bad input."""
 import csv
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -43,6 +44,10 @@ def test_train_writes_the_run_folder(trained_run):
     assert float(rows[0]['train_mv']) == 0 and float(rows[0]['train_generated']) == 0  # CESC phase
     assert float(rows[1]['train_mv']) > 0 and float(rows[1]['train_generated']) > 0  # generation phase
     assert result['top1'] == pytest.approx(float(rows[1]['eval_top1']))
+    # LDAM's cosine head: loss and ECE on the logits x s its loss saw, labelled; the export records s for plain timm
+    assert [r['eval_logit_scale'] for r in rows] == ['30.0', '30.0'] and result['logit_scale'] == 30.0
+    with open(os.path.join(run_dir, 'config.json')) as f:
+        assert json.load(f)['logit_scale'] == 30.0
     checkpoint = load_training_checkpoint(os.path.join(run_dir, 'last.pth.tar'))
     assert checkpoint['class_counts'] == COUNTS and checkpoint['backbone'] == 'cifar_resnet32'
     assert any(k.startswith('rsg.') for k in checkpoint['state_dict'])
@@ -96,6 +101,13 @@ def test_validate_checkpoint_export_and_posthoc(trained_run, tiny_demo, tmp_path
         for key in ('top1', 'top5', 'many', 'medium', 'few', 'ece'):
             assert r[key] == pytest.approx(by_rsg[key], nan_ok=True), key
     assert by_rsg['top1'] == pytest.approx(result['top1'])
+    assert by_rsg['loss'] == pytest.approx(result['loss'], abs=1e-3) and by_rsg['logit_scale'] == 30.0
+    bare = tmp_path / 'bare'  # an export without its run records: the scale comes from config.json
+    bare.mkdir()
+    for name in ('config.json', 'model.safetensors'):
+        shutil.copyfile(os.path.join(run_dir, name), bare / name)
+    from_config = validate_script.main(['--model', f'local-dir:{bare}', '--dataset', 'demo', *common])
+    assert from_config['logit_scale'] == 30.0 and from_config['ece'] == pytest.approx(by_rsg['ece'])
     assert by_rsg['param_count'] < 0.5  # the backbone alone was evaluated (ResNet-32: 0.46 M)
     assert (tmp_path / 'r.csv').read_text().startswith('model,checkpoint,top1')
     assert (tmp_path / 'r_per_class.csv').is_file() and (tmp_path / 'r_confusion.csv').is_file()

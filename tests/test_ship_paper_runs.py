@@ -54,6 +54,16 @@ def test_ship_adds_the_tags_retires_the_old_ones_and_writes_the_page(trained_run
     gain = rsg['eval_top1'].iloc[-1] - plain['eval_top1'].iloc[-1]
     assert f'| RSG minus baseline | {gain:.2f} |' in page and 'paper (best epoch)' in page
     assert page.count('\n| 9 | c9 | 2 | few |') == 1  # the per-class table, rarest class last
+    # the spread over the last (here: both) epochs, the plain run's shared epoch 0 included, and the head trade
+    plain_top1 = pd.Series([rsg['eval_top1'].iloc[0], plain['eval_top1'].iloc[-1]])
+    assert f'| LDAM-DRW | {plain_top1.mean():.2f} | {plain_top1.std():.2f} | {plain_top1.min():.2f} |' in page
+    assert f'| LDAM-DRW + RSG | {rsg["eval_top1"].mean():.2f} |' in page and 'last 2 epochs (0-1)' in page
+    per_class = {name: read_run(run).per_class for name, run in (('rsg', trained_run.dir), ('plain', forked_plain_run))}
+    head = (per_class['rsg']['accuracy'] - per_class['plain']['accuracy'])[:3]  # classes 0-2 have the most images
+    assert f'On the 3 largest classes RSG changes accuracy by c0 (40 images) {head[0]:+.2f}' in page
+    assert f'(mean {head.mean():+.2f})' in page
+    assert "(timm.create_model('cifar_resnet32.ldam_drw_rsg_cifar10_lt_r100', pretrained=True)(x) * 30).softmax(-1)" \
+        in page
     assert 'model card:' not in page and 'few-shot group is empty' not in page  # the card does not cite itself
     assert f'from `{forked_plain_run.name}` and `{trained_run.dir.name}`.' in page  # no machine paths
     plots = sorted(p.name for p in zoo.glob('*.png'))
@@ -96,3 +106,47 @@ def test_page_says_why_a_group_is_empty(trained_run, forked_plain_run):
     page = ship.results_page(runs, histories, ship.TAGS, notes)
     rarest = runs['ldam_drw'].per_class['train_count'].min()
     assert f'No class has fewer than 20 training images (the rarest has {rarest}), so the few-shot group is empty' in page
+
+
+def test_shipped_zoo_card_numbers_agree_with_the_tags_and_its_own_table():
+    """The shipped card's rows are the tags' noted last-epoch numbers, its many/medium are the means of its per-class
+    table, and its head-class trade is computed from that table."""
+    import re
+
+    from rsg_timm.models.pretrained import PRETRAINED_DIR
+
+    card = (PRETRAINED_DIR / 'cifar10_lt_r100.md').read_text()
+    rows = [[c.strip() for c in line.strip('|').split('|')] for line in
+            card.split('## Per class (last epoch)\n\n')[1].split('\n\n')[0].splitlines()[2:]]
+    table = pd.DataFrame(rows, columns=['class', 'label', 'train_count', 'group', 'plain', 'rsg', 'gain'])
+    table = table.astype({'train_count': int, 'plain': float, 'rsg': float, 'gain': float})
+    tags = load_pretrained_tags()
+    for method, column in (('ldam_drw', 'plain'), ('ldam_drw_rsg', 'rsg')):
+        name = f'cifar_resnet32.{ship.TAGS[method]}'
+        noted = dict(re.findall(r'(top-1|many|medium) (\d+\.\d+)', tags[name]['notes'][0]))
+        assert f'(`{name}`) | {noted["top-1"]} | {noted["many"]} | {noted["medium"]} | n/a |' in card
+        for group in ('many', 'medium'):
+            assert f'{table.loc[table["group"] == group, column].mean():.2f}' == noted[group], (name, group)
+    per_class = {method: table[['label', 'train_count']].assign(accuracy=table[column])
+                 for method, column in (('ldam_drw', 'plain'), ('ldam_drw_rsg', 'rsg'))}
+    assert ship._head_trade(per_class) in card
+    readme = (PRETRAINED_DIR.parent.parent / 'README.md').read_text()  # the last-ten-epoch ranges recorded at shipping
+    ranges = re.search(r"baseline's top-1 ranged (\S+) and RSG's (\S+?)\.\n", readme).groups()
+    assert f"the baseline's top-1 ranged {ranges[0]} and RSG's {ranges[1]} (the ranges recorded" in card
+
+
+def test_shipped_zoo_card_head_trade_over_seeds_is_the_seed_table():
+    """The card's per-seed head/rest changes are those of benchmarks/results/cifar10_lt_r100_seeds.csv."""
+    from helpers import REPO_DIR
+    from rsg_timm.models.pretrained import PRETRAINED_DIR
+
+    card = (PRETRAINED_DIR / 'cifar10_lt_r100.md').read_text()
+    seeds = pd.read_csv(f'{REPO_DIR}/benchmarks/results/cifar10_lt_r100_seeds.csv').set_index(['seed', 'arm'])
+    classes = [f'class_{i}' for i in range(10)]  # ordered by training images, largest first
+    gains = {seed: seeds.loc[(seed, 'LDAM-DRW + RSG'), classes] - seeds.loc[(seed, 'LDAM-DRW'), classes]
+             for seed in (43, 44)}
+    top1 = {seed: seeds.loc[(seed, 'LDAM-DRW + RSG'), 'last_top1'] - seeds.loc[(seed, 'LDAM-DRW'), 'last_top1']
+            for seed in (43, 44)}
+    assert (f'by {gains[43][:3].mean():+.2f} and {gains[44][:3].mean():+.2f} points on average and the other seven by '
+            f'{gains[43][3:].mean():+.2f} and {gains[44][3:].mean():+.2f}, top-1 by {top1[43]:+.2f} and '
+            f'{top1[44]:+.2f}') in card

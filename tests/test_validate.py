@@ -54,6 +54,27 @@ def test_logit_adjust_on_the_zoo_cosine_model_beats_chance():
     assert adjusted['medium'] > plain['medium']  # the prior correction moves predictions to the rarer classes
 
 
+def test_zoo_cosine_model_loss_and_ece_are_those_of_its_trained_scale():
+    """The zoo tag (LDAM, s = 30) on the demo's CIFAR-10 test images: validate.py's loss and ECE are the cross-entropy
+    and ECE of 30 x the model's cosine logits, the probabilities LDAM fitted, and the result says so."""
+    import timm
+    from timm.data import resolve_data_config
+
+    from rsg_timm.data import create_lt_dataset, create_lt_loader
+    from rsg_timm.metrics import calibration_error
+
+    result = validate_script.main(['--model', ZOO_TAG, '--dataset', 'demo', '-b', '500', '-j', '0'])
+    model = timm.create_model(ZOO_TAG, pretrained=True).eval()
+    dataset = create_lt_dataset('demo', split='test', is_training=False)
+    loader = create_lt_loader(dataset, dataset_name='demo', batch_size=500, is_training=False,
+                              data_config=resolve_data_config({}, model=model))
+    with torch.no_grad():
+        logits, target = map(torch.cat, zip(*[(model(images), labels) for images, labels in loader]))
+    assert logits.abs().max() <= 1 + 1e-5 and result['logit_scale'] == 30.0  # cosine logits, LDAM's s
+    assert result['loss'] == pytest.approx(torch.nn.functional.cross_entropy(30 * logits, target).item(), abs=1e-3)
+    assert result['ece'] == pytest.approx(calibration_error(30 * logits, target)[0], abs=1e-3)
+
+
 def test_cosine_model_without_a_recorded_loss_is_refused(demo_run, tmp_path):
     bare = tmp_path / 'bare.pth'  # a state_dict alone records neither the loss nor the dataset
     torch.save(load_training_checkpoint(str(demo_run / 'last.pth.tar'))['state_dict'], bare)

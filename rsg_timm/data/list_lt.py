@@ -20,7 +20,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_cla
 from .cifar_lt import is_train_split
 from .imbalance import long_tail_counts, select_long_tail
 
-__all__ = ['FileLTDataset', 'LIST_LT_SPECS', 'ListLTSpec', 'read_list_file', 'create_list_lt', 'create_folder_lt']
+__all__ = ['FileLTDataset', 'LIST_LT_SPECS', 'ListLTSpec', 'read_list_file', 'create_list_lt', 'create_folder_lt',
+           'folder_split_dir']
 
 _logger = logging.getLogger(__name__)
 
@@ -221,7 +222,9 @@ def create_list_lt(
     return FileLTDataset(full, classes, counts_source=counts_source, transform=transform)
 
 
-def _split_dir(root: str, split: str) -> str:
+def folder_split_dir(root: str, split: str) -> str:
+    """The folder of ``split`` under a ``folder_lt`` root: the split's own name first, then its synonyms (an
+    evaluation split ``test`` is read from ``val/`` when there is no ``test/``)."""
     if is_train_split(split, 'folder_lt'):
         names = ['train', 'training']
     else:
@@ -284,7 +287,7 @@ def create_folder_lt(
     class. Evaluation splits reuse the train folder's class index, so a class missing there cannot shift labels.
     """
     root = _require_dir(root, 'folder_lt')
-    train_dir = _split_dir(root, 'train')
+    train_dir = folder_split_dir(root, 'train')
     classes, class_to_idx = find_classes(train_dir)
 
     def train_samples() -> List[Tuple[str, int]]:
@@ -308,7 +311,9 @@ def create_folder_lt(
             raise ValueError(f'{len(empty)} class folders hold no training images (first: {empty[0]}); every class '
                              f'needs some: add images, or remove the folder from every split')
         return FileLTDataset(samples, classes, class_counts=counts, transform=transform)
-    split_dir = _split_dir(root, split)
+    split_dir = folder_split_dir(root, split)
+    if os.path.basename(split_dir) != split:  # say which folder stands for the split, e.g. val/ for test
+        _logger.info('folder_lt split %r: reading %s (there is no %s/ folder)', split, split_dir, split)
     samples = _folder_samples(split_dir, class_to_idx)
     _check_files_exist(samples, split_dir)
     missing = [name for i, name in enumerate(classes) if i not in {label for _, label in samples}]
