@@ -4,8 +4,14 @@ Importing this package registers the ``cifar_resnet*`` and ``rsg_*`` models with
 nothing else: the data, loss, metrics and run-reading modules (and pandas) load when imported, and the model
 zoo's table on the first tagged ``create_model``.
 """
+import timm
+
 from .version import __version__
-from .rsg import RSG
-from . import models  # noqa: F401  (import registers the models with timm)
+from .dependencies import check_timm_version
+
+check_timm_version(timm.__version__)  # before the model code touches timm's newer internals
+
+from .rsg import RSG  # noqa: E402
+from . import models  # noqa: E402,F401  (import registers the models with timm)
 
 __all__ = ['RSG', '__version__']
