@@ -106,7 +106,7 @@ class RSGMixin:
             rsg_epoch_thresh: last epoch of the CESC phase; samples are generated for ``epoch > rsg_epoch_thresh``.
             rsg_n_center: centres per class.
             rsg_contrastive_dim: width of the contrastive module.
-            rsg_strength: transfer strength.
+            rsg_strength: transfer strength, in ``(0, 1]`` (see :func:`rsg_timm.rsg.check_transfer_strength`).
             rsg_head_ratio: share of classes (the most frequent ones) treated as head classes.
             rsg_cesc_weight: weight of the CESC loss in ``aux_losses['cesc']``.
             rsg_mv_weight: weight of the MV loss in ``aux_losses['mv']``.
