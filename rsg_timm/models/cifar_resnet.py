@@ -32,20 +32,12 @@ __all__ = ['CifarResNet', 'BasicBlock', 'NormedLinear', 'checkpoint_filter_fn']
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Load our checkpoints and those of the official RSG / LDAM-DRW CIFAR code.
 
-    The official layout differs only in the head name (``linear`` -> ``fc``) and in LDAM's ``NormedLinear``, which
-    stores its weight ``[in_features, num_classes]`` (transposed to our ``nn.Linear`` layout); it is recognised by
-    having no bias.
+    The official layout differs only in the head (``linear``, LDAM's cosine one stored transposed), which
+    :func:`unwrap_checkpoint` maps to ``fc``.
     """
     state_dict = unwrap_checkpoint(state_dict, model)
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith('linear.'):
-            if k == 'linear.weight' and 'linear.bias' not in state_dict:
-                v = v.t()
-            k = 'fc.' + k[len('linear.'):]
-        out[k] = v
-    check_state_dict_fits(out, model, 'the checkpoint', pretrained_filter=True)
-    return out
+    check_state_dict_fits(state_dict, model, 'the checkpoint', pretrained_filter=True)
+    return state_dict
 
 
 class NormedLinear(nn.Module):
