@@ -23,7 +23,7 @@ from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices  # not exported by timm 1.0.31
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
-from .pretrained import resolve_zoo_tag
+from .pretrained import resolve_zoo_tag, with_zoo_cfgs
 from .state_dict import check_state_dict_fits, unwrap_checkpoint
 
 __all__ = ['CifarResNet', 'BasicBlock', 'NormedLinear', 'checkpoint_filter_fn']
@@ -326,14 +326,14 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
-# untagged, no weights; the model zoo's tags (``cifar_resnet32.<tag>``) resolve on request, see models/pretrained.py
-default_cfgs = generate_default_cfgs({
+# untagged (the default, no weights), and the model zoo's tags (``cifar_resnet32.<tag>``), see models/pretrained.py
+default_cfgs = generate_default_cfgs(with_zoo_cfgs({
     'cifar_resnet20': _cfg(),
     'cifar_resnet32': _cfg(),
     'cifar_resnet44': _cfg(),
     'cifar_resnet56': _cfg(),
     'cifar_resnet110': _cfg(),
-})
+}))
 
 
 @register_model
