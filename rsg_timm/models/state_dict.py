@@ -21,8 +21,6 @@ __all__ = ['CheckpointError', 'OfficialHead', 'find_official_head', 'unwrap_chec
 
 # The official code names its RSG module ``RSG``; ours is ``rsg`` (timm's lower-case module names).
 _OFFICIAL_RSG_KEY_PREFIX = 'RSG.'
-
-
 # The official scripts' classifier names, for timm's ``fc``: CIFAR's ``linear``, the ImageNet-family ``fc_``.
 _OFFICIAL_HEAD_NAMES = ('linear', 'fc_')
 _HEAD = 'fc'
