@@ -164,8 +164,8 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--rsg-contrastive-dim', type=int, default=None,
                        help="width of RSG's contrastive pair classifier (model default 256)")
     group.add_argument('--rsg-strength', type=float, default=None,
-                       help='transfer strength: scales how many rare-class samples are generated per batch (model '
-                            'default 1.0)')
+                       help='transfer strength in (0, 1]: the share of the batch\'s head/tail segments that generate '
+                            'rare-class samples; 1 (model default) generates the most the batch holds')
     group.add_argument('--rsg-epoch-thresh', type=int, default=None,
                        help='last CESC-only epoch; generation starts after it (default 80%% in, -1)')
     group.add_argument('--rsg-head-ratio', type=float, default=None,

@@ -20,9 +20,10 @@ from timm.models import clean_state_dict
 from timm.models.resnet import ResNet
 from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 
-from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY
+from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
 from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check_rsg_family, check_state_dict_fits, \
-    has_cosine_classifier, linear_to_cosine, set_cosine_classifier, unwrap_checkpoint
+    create_cosine_model, fill_fresh_rsg, find_official_head, has_cosine_classifier, is_rsg_model, linear_to_cosine, \
+    supports_cosine_classifier, unwrap_checkpoint
 from .version import __version__
 
 __all__ = ['CheckpointError', 'RunCheckpointSaver', 'RunState', 'checkpoint_extras', 'find_resume_checkpoint',
@@ -286,8 +287,9 @@ def create_eval_model(
     Args:
         model_name: a registered arch (``cifar_resnet32``, ``rsg_resnet32``, ``resnet50.a1_in1k``), or an exported
             backbone as ``local-dir:DIR`` / ``hf-hub:ORG/NAME``.
-        checkpoint_path: a training checkpoint (``last.pth.tar``, ``model_best.pth.tar``) or a state_dict file.
-            An ``rsg_*`` checkpoint loads into its plain backbone too (the RSG keys are dropped).
+        checkpoint_path: a training checkpoint (``last.pth.tar``, ``model_best.pth.tar``) or a state_dict file,
+            also one saved by the official RSG scripts (its classifier gives the class count and, without a bias,
+            the cosine head). An ``rsg_*`` checkpoint loads into its plain backbone too (the RSG keys are dropped).
         pretrained: load the arch's pretrained weights (implied for ``local-dir:`` / ``hf-hub:``).
         num_classes: head size when it is not known from the checkpoint or export.
         kwargs: further ``timm.create_model`` arguments.
@@ -327,12 +329,24 @@ def create_eval_model(
         raise CheckpointError(f'{checkpoint_path!r} is a checkpoint of {backbone}, not {model_backbone}; '
                            f'pass --model {backbone} (or rsg_<arch> of it)')
     create_kwargs = dict(saved_kwargs, **kwargs)
+    official = find_official_head(checkpoint['state_dict'])  # a file of the official RSG scripts: the head says
+    if official is not None:                                  # the class count and whether it is cosine
+        if num_classes is not None and num_classes != official.num_classes:
+            raise ValueError(f'--num-classes {num_classes} but the classifier of {checkpoint_path!r} has '
+                             f'{official.num_classes} classes')
+        create_kwargs['num_classes'] = official.num_classes
     if num_classes is not None:
         create_kwargs['num_classes'] = num_classes
-    model = timm.create_model(model_name, **create_kwargs)
-    if checkpoint.get(COSINE_CLASSIFIER_KEY):
-        set_cosine_classifier(model)
+    cosine = checkpoint.get(COSINE_CLASSIFIER_KEY) or (official is not None and official.cosine)
+    if cosine and not supports_cosine_classifier(model_name):
+        raise CheckpointError(f'{checkpoint_path!r} has a cosine (LDAM) classifier, which only CIFAR and timm '
+                              f'ResNet-family models take, not {model_name}; pass --model with the architecture it '
+                              f'was trained with (e.g. cifar_resnet32, resnext50_32x4d, resnet152)')
+    model = (create_cosine_model if cosine else timm.create_model)(model_name, **create_kwargs)
     state_dict = unwrap_checkpoint(checkpoint['state_dict'], model)  # an rsg_* run's also loads as its backbone
+    if is_rsg_model(model) and not any(k.startswith(RSG_KEY_PREFIX) for k in state_dict):
+        _logger.info(f'{checkpoint_path} holds no RSG weights; {model_name} gets a fresh RSG (unused in evaluation)')
+        state_dict = fill_fresh_rsg(state_dict, model)
     check_state_dict_fits(state_dict, model, repr(checkpoint_path))
     model.load_state_dict(state_dict)
     return model, checkpoint.get(CLASS_COUNTS_KEY), checkpoint.get(LABEL_NAMES_KEY)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['RSG', 'RSGForwardOutput', 'plan_mv_pairs']
+__all__ = ['RSG', 'RSGForwardOutput', 'check_transfer_strength', 'plan_mv_pairs']
 
 
 class RSGForwardOutput(NamedTuple):
@@ -70,6 +70,22 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_transfer_strength(strength: float) -> float:
+    """``strength`` as a float when it lies in ``(0, 1]``; a ``ValueError`` naming ``--rsg-strength`` otherwise.
+
+    The strength sets the share ``S / (n_big // n_small)`` of the batch's full head/tail segments that generate
+    samples, so 1 already generates the most the batch holds. The official code takes values above 1 but then
+    slices past the end of the batch, which fails on mismatched shapes (or gives NaN losses) at the first generating
+    epoch, so it never generates more either; such a value is refused here before training starts.
+    """
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
+            or not 0 < strength <= 1:
+        raise ValueError(f'RSG: transfer_strength (--rsg-strength) must lie in (0, 1], got {strength!r}: at 1 (the '
+                         f'default) every full head/tail segment of the batch generates samples, the most it holds '
+                         f'(the official code fails above 1); lower values use that share of the segments')
+    return float(strength)
+
+
 def plan_mv_pairs(
         head_idx: torch.Tensor,
         tail_idx: torch.Tensor,
@@ -78,20 +94,21 @@ def plan_mv_pairs(
     """Pair head with tail samples the way the official segment loop does, as two index vectors.
 
     With ``nh >= nt`` segment ``j`` pairs heads ``[j*nt, (j+1)*nt)`` with every tail; otherwise it pairs every
-    head with tails ``[j*nh, (j+1)*nh)``. The segment count ``S = max(1, int(n_big * strength / n_small))`` is
-    clamped to the number of full segments, so ``strength > 1`` never reads past the end.
+    head with tails ``[j*nh, (j+1)*nh)``. The segment count is ``S = max(1, int(n_big * strength / n_small))``;
+    with ``0 < strength <= 1`` every segment is full (:func:`check_transfer_strength` says why more is refused).
 
     Args:
         head_idx: batch positions of the head samples, in batch order (``[nh]``, ``nh >= 1``).
         tail_idx: batch positions of the tail samples, in batch order (``[nt]``, ``nt >= 1``).
-        strength: the transfer strength ``s``.
+        strength: the transfer strength ``s``, in ``(0, 1]``.
 
     Returns:
         ``(a, b)`` batch positions of the head and tail sample of every pair, segment after segment.
     """
+    strength = check_transfer_strength(strength)
     nh, nt = head_idx.numel(), tail_idx.numel()
     big, small = max(nh, nt), min(nh, nt)
-    segments = min(max(1, int(big * strength / small)), big // small)
+    segments = max(1, int(big * strength / small))
     if nh >= nt:
         return head_idx[:segments * nt], tail_idx.repeat(segments)
     return head_idx.repeat(segments), tail_idx[:segments * nh]
@@ -106,7 +123,7 @@ class RSG(nn.Module):
         num_classes: number of classes (``N``).
         contrastive_module_dim: width of the contrastive (pair) classifier (``D``).
         head_class_lists: class ids treated as head classes; every other class is a tail class.
-        transfer_strength: how many head samples are transferred per tail sample (``s``).
+        transfer_strength: share of the batch's head/tail segments that generate samples (``s``, in ``(0, 1]``).
         epoch_thresh: last epoch of the CESC phase (``T``); generation runs for ``epoch > T``.
     """
 
@@ -132,13 +149,9 @@ class RSG(nn.Module):
         self.n_center = _check_int('n_center (--rsg-n-center)', n_center)
         self.contrastive_module_dim = _check_int('contrastive_module_dim (--rsg-contrastive-dim)',
                                                  contrastive_module_dim)
-        if isinstance(transfer_strength, bool) or not isinstance(transfer_strength, numbers.Real) \
-                or not math.isfinite(transfer_strength) or transfer_strength <= 0:
-            raise ValueError(f'RSG: transfer_strength (--rsg-strength) must be a finite number > 0, '
-                             f'got {transfer_strength!r}')
         if isinstance(epoch_thresh, bool) or not isinstance(epoch_thresh, numbers.Integral):
             raise ValueError(f'RSG: epoch_thresh (--rsg-epoch-thresh) must be an integer epoch, got {epoch_thresh!r}')
-        self.strength = float(transfer_strength)
+        self.strength = check_transfer_strength(transfer_strength)
         self.epoch_thresh = int(epoch_thresh)
         C, K, D = self.C, n_center, contrastive_module_dim
 

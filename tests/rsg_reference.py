@@ -32,7 +32,6 @@ def reference_rsg(rsg, f, target, head, epoch):
     if epoch > rsg.epoch_thresh and nh and nt:
         s = rsg.strength
         segments = max(1, int(max(nh, nt) * s / min(nh, nt)))
-        segments = min(segments, max(nh, nt) // min(nh, nt))
         cen = rsg.centers.detach()
         frozen = {k: v.detach() for k, v in rsg.contrastive_module.named_parameters()}
         frozen_fc = {k: v.detach() for k, v in rsg.contrastive_fc.named_parameters()}

@@ -190,9 +190,14 @@ def test_rsg_constructor_rejects_what_would_fail_at_generation(kwargs, match):
         RSG(**dict(dict(feature_maps_shape=(8, 4, 4), num_classes=6), **kwargs))
 
 
-def test_rsg_n_center_zero_fails_when_the_model_is_built(tiny_demo, tmp_path):
-    with pytest.raises(ValueError, match='rsg-n-center'):
-        _run(tiny_demo, tmp_path, '--experiment', 'bad', '--rsg-n-center', '0')
+@pytest.mark.parametrize('flags,match', [
+    (('--rsg-n-center', '0'), 'rsg-n-center'),
+    (('--rsg-strength', '2'), r'--rsg-strength\) must lie in \(0, 1\], got 2\.0'),
+])
+def test_bad_rsg_flag_fails_when_the_model_is_built(flags, match, tiny_demo, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        _run(tiny_demo, tmp_path, '--experiment', 'bad', *flags)
+    assert not (tmp_path / 'bad' / 'summary.csv').exists()  # refused before any training
 
 
 @pytest.mark.parametrize('target,match', [

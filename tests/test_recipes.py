@@ -32,7 +32,7 @@ OFFICIAL = {  # config -> the official script's values
         pretrained=False, jitter=True, mean_std=IMAGENET_MEAN_STD),
     'places_lt_drs_rsg.yaml': dict(
         arch='resnet152', num_classes=365, max_m=0.2, s=50.0, lr=0.01, wd=1e-4, epochs=30, drs=10, thresh=9,
-        pretrained=True, jitter=False, mean_std=IMAGENET_MEAN_STD),
+        pretrained=True, jitter=False, mean_std=IMAGENET_MEAN_STD, start='timm/resnet152.tv_in1k'),
     'inat2018_drs_rsg.yaml': dict(
         arch='resnet50', num_classes=8142, max_m=0.1, s=50.0, lr=0.1, wd=5e-5, epochs=180, drs=140, thresh=139,
         pretrained=False, jitter=True, mean_std=((0.466, 0.471, 0.380), (0.195, 0.194, 0.192))),
@@ -81,6 +81,14 @@ def test_model_head_and_rsg_settings(recipe):
     assert rsg.epoch_thresh == official['thresh']
     assert (model.rsg_head_ratio, model.rsg_cesc_weight, model.rsg_mv_weight) == (0.2, 0.1, 0.01)
     assert model.rsg_head_classes == [0, 1]  # the 20 % most frequent classes
+
+
+def test_start_weights_are_the_official_ones(recipe):
+    # Places-LT starts from torchvision's v1 ResNet-152 (timm's resnet152.tv_in1k), as places_train.py does
+    _, args, model, official = recipe
+    if official['pretrained']:
+        assert model.pretrained_cfg['hf_hub_id'] == official['start']
+        assert model.pretrained_cfg['url'] == 'https://download.pytorch.org/models/resnet152-394f9c45.pth'
 
 
 def test_official_init(recipe):

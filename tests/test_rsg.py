@@ -70,8 +70,6 @@ EDGE_CASES = {
     'tail_only_mv': ([2, 3, 5, 4], 9, 1.0),
     'more_heads_mv': ([0, 1, 0, 0, 1, 4, 1, 0, 2], 9, 1.0),
     'more_tails_mv': ([0, 2, 3, 4, 5, 2, 3, 4, 1, 5, 5], 9, 1.0),
-    'strength_above_one': ([0, 2, 3, 4, 5, 2, 3, 4, 1, 5, 5], 9, 2.5),
-    'strength_above_one_heads': ([0, 1, 0, 0, 1, 4, 1, 0, 2], 9, 3.0),
     'strength_below_one': ([0, 2, 3, 4, 5, 2, 3, 4, 1, 5, 5], 9, 0.3),
 }
 
@@ -106,8 +104,8 @@ def test_generated_count_follows_official_segments():
     assert a.tolist() == [0, 1, 2, 0, 1, 2] and b.tolist() == [3, 4, 5, 6, 7, 8]
     a, b = plan_mv_pairs(tail, head, 1.0)  # nh=7 >= nt=3: 2 segments, each pairing 3 heads with all tails
     assert a.tolist() == [3, 4, 5, 6, 7, 8] and b.tolist() == [0, 1, 2, 0, 1, 2]
-    a, _ = plan_mv_pairs(head, tail, 10.0)  # strength > 1 is clamped to the full segments
-    assert a.numel() == 6
+    a, _ = plan_mv_pairs(head, tail, 0.5)  # half of the 2 full segments
+    assert a.numel() == 3
     a, _ = plan_mv_pairs(head, tail, 0.1)  # at least one segment
     assert a.numel() == 3
 
@@ -231,3 +229,13 @@ def test_ddp_across_the_phase_switch(tmp_path):
             assert torch.equal(rank0[9][k], rank0[10][k]), k
     assert not torch.equal(rank0[9]['vec_transformation_module.0.weight'],
                            rank0[10]['vec_transformation_module.0.weight'])
+
+
+@pytest.mark.parametrize('strength', [1.0000001, 2.5, 10.0])
+def test_strength_above_one_is_refused_not_silently_one(strength):
+    # The official code slices past the batch for s > 1 (shape errors or NaN at the first generating epoch), so it
+    # never generates more than at 1; a larger value is refused where it is given instead of acting like 1.
+    with pytest.raises(ValueError, match=r'--rsg-strength\) must lie in \(0, 1\]'):
+        _make_rsg(strength=strength)
+    with pytest.raises(ValueError, match=r'must lie in \(0, 1\]'):
+        plan_mv_pairs(torch.arange(3), torch.arange(3, 10), strength)

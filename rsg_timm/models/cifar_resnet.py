@@ -23,7 +23,7 @@ from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices  # not exported by timm 1.0.31
 
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
-from .pretrained import resolve_zoo_tag
+from .pretrained import resolve_zoo_tag, with_zoo_cfgs
 from .state_dict import check_state_dict_fits, unwrap_checkpoint
 
 __all__ = ['CifarResNet', 'BasicBlock', 'NormedLinear', 'checkpoint_filter_fn']
@@ -32,20 +32,12 @@ __all__ = ['CifarResNet', 'BasicBlock', 'NormedLinear', 'checkpoint_filter_fn']
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Load our checkpoints and those of the official RSG / LDAM-DRW CIFAR code.
 
-    The official layout differs only in the head name (``linear`` -> ``fc``) and in LDAM's ``NormedLinear``, which
-    stores its weight ``[in_features, num_classes]`` (transposed to our ``nn.Linear`` layout); it is recognised by
-    having no bias.
+    The official layout differs only in the head (``linear``, LDAM's cosine one stored transposed), which
+    :func:`unwrap_checkpoint` maps to ``fc``.
     """
     state_dict = unwrap_checkpoint(state_dict, model)
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith('linear.'):
-            if k == 'linear.weight' and 'linear.bias' not in state_dict:
-                v = v.t()
-            k = 'fc.' + k[len('linear.'):]
-        out[k] = v
-    check_state_dict_fits(out, model, 'the checkpoint', pretrained_filter=True)
-    return out
+    check_state_dict_fits(state_dict, model, 'the checkpoint', pretrained_filter=True)
+    return state_dict
 
 
 class NormedLinear(nn.Module):
@@ -334,14 +326,14 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
-# untagged, no weights; the model zoo's tags (``cifar_resnet32.<tag>``) resolve on request, see models/pretrained.py
-default_cfgs = generate_default_cfgs({
+# untagged (the default, no weights), and the model zoo's tags (``cifar_resnet32.<tag>``), see models/pretrained.py
+default_cfgs = generate_default_cfgs(with_zoo_cfgs({
     'cifar_resnet20': _cfg(),
     'cifar_resnet32': _cfg(),
     'cifar_resnet44': _cfg(),
     'cifar_resnet56': _cfg(),
     'cifar_resnet110': _cfg(),
-})
+}))
 
 
 @register_model

@@ -17,6 +17,7 @@ installed, :func:`linear_to_cosine` restores the cosine head from that export, g
 import inspect
 from typing import Optional
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,19 +29,31 @@ from .cifar_resnet import CifarResNet, NormedLinear
 from .rsg_model import backbone_arch
 
 __all__ = ['COSINE_CLASSIFIER_KEY', 'supports_cosine_classifier', 'has_cosine_classifier', 'set_cosine_classifier',
-           'cosine_to_linear', 'linear_to_cosine']
+           'create_cosine_model', 'cosine_to_linear', 'linear_to_cosine']
 
 # config.json / checkpoint key saying that the linear fc of an export stands for a cosine classifier.
 COSINE_CLASSIFIER_KEY = 'cosine_classifier'
 
 
-def supports_cosine_classifier(model_name: str) -> bool:
-    """Whether ``model_name`` (plain or ``rsg_*``, tag allowed) builds a CIFAR ResNet or a timm ``ResNet``."""
+def _builds(model_name: str, classes) -> bool:
     arch = backbone_arch(model_name)
     if not is_model(arch):
         return False  # timm.create_model names the unknown model
     built = inspect.signature(model_entrypoint(arch)).return_annotation
-    return isinstance(built, type) and issubclass(built, (ResNet, CifarResNet))
+    return isinstance(built, type) and issubclass(built, classes)
+
+
+def supports_cosine_classifier(model_name: str) -> bool:
+    """Whether ``model_name`` (plain or ``rsg_*``, tag allowed) builds a CIFAR ResNet or a timm ``ResNet``."""
+    return _builds(model_name, (ResNet, CifarResNet))
+
+
+def create_cosine_model(model_name: str, **kwargs) -> nn.Module:
+    """``timm.create_model(model_name, **kwargs)`` with a cosine classifier: a CIFAR ResNet builds its own
+    (``use_norm=True``), a timm ``ResNet`` gets one swapped in (:func:`set_cosine_classifier`)."""
+    if _builds(model_name, CifarResNet):
+        return timm.create_model(model_name, **dict(kwargs, use_norm=True))
+    return set_cosine_classifier(timm.create_model(model_name, **kwargs))
 
 
 def has_cosine_classifier(model: nn.Module) -> bool:

@@ -12,11 +12,13 @@ data config the run used, the ``model_args`` the architecture was built with (``
 head: a cfg cannot carry them, so they join the entrypoint's kwargs) and ``notes`` (measured accuracy, training
 command).
 
-The table is read on the first tagged request, not at import (``import rsg_timm`` reads no file), so timm's
-registry holds only the untagged cfgs: ``timm.list_pretrained()`` does not list zoo tags (read ``tags.json``), and
-``create_model('cifar_resnet32', pretrained=True)`` keeps failing with timm's "No pretrained weights exist" rather
-than silently picking a zoo checkpoint trained for one particular dataset and head; the ``rsg_*`` wrappers (which
-take the backbone's default cfg) keep starting from scratch. Ask for a zoo checkpoint by its tag.
+The table (a few kB of JSON, read once) is registered with timm at import through the architectures'
+``default_cfgs`` (:func:`with_zoo_cfgs`), so ``timm.list_pretrained()`` and ``timm.list_pretrained('*lt_r100*')``
+list every zoo tag. The untagged cfg stays each architecture's default: ``create_model('cifar_resnet32',
+pretrained=True)`` keeps failing with timm's "No pretrained weights exist" rather than silently picking a zoo
+checkpoint trained for one particular dataset and head. Ask for a zoo checkpoint by its tag. The ``rsg_*`` wrappers
+take timm's tags of their backbone, not zoo tags (a zoo tag needs its ``model_args``, which only the plain
+architecture's entrypoint applies).
 
 Entries are added with ``python -m rsg_timm.hub add-pretrained RUN_DIR --tag TAG --hf-hub-id ORG/NAME``
 (:func:`add_pretrained`); a process that has already read the table sees new entries after a restart.
@@ -36,7 +38,8 @@ from timm.models import PretrainedCfg, get_pretrained_cfg, model_entrypoint
 
 from ..atomic import atomic_write
 
-__all__ = ['PRETRAINED_DIR', 'load_pretrained_tags', 'resolve_zoo_tag', 'add_pretrained', 'remove_pretrained']
+__all__ = ['PRETRAINED_DIR', 'load_pretrained_tags', 'zoo_tag_names', 'with_zoo_cfgs', 'resolve_zoo_tag', 'add_pretrained',
+           'remove_pretrained']
 
 _logger = logging.getLogger(__name__)
 
@@ -85,8 +88,36 @@ def load_pretrained_tags(pretrained_dir: Union[str, os.PathLike] = PRETRAINED_DI
 
 @functools.lru_cache(maxsize=None)
 def _shipped_tags() -> Tags:
-    """The package's zoo table, read on the first zoo request (importing rsg_timm reads no file)."""
+    """The package's zoo table, read once (when the architectures register)."""
     return load_pretrained_tags()
+
+
+def zoo_tag_names() -> List[str]:
+    """The shipped zoo's ``<arch>.<tag>`` names."""
+    return list(_shipped_tags())
+
+
+def _zoo_cfg(arch_cfg: Mapping[str, Any], name: str, entry: Mapping[str, Any], pretrained_dir: Path) -> Dict[str, Any]:
+    """A tag's cfg: the architecture's untagged cfg updated by the entry, ``file`` set to the shipped weights (absolute)
+    when they are present."""
+    cfg = dict(arch_cfg, **{k: v for k, v in entry.items() if k in _ENTRY_CFG_FIELDS})
+    weights = pretrained_dir.resolve() / f'{name}.safetensors'
+    if weights.is_file():
+        cfg['file'] = str(weights)
+    return cfg
+
+
+def with_zoo_cfgs(arch_cfgs: Mapping[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The ``generate_default_cfgs`` input of an architecture module: its untagged cfgs plus every shipped zoo tag of
+    those architectures, the untagged cfg kept as the default.
+
+    timm makes the first tag with weights an architecture's default unless a key ending in ``*`` claims it; the
+    untagged cfgs come last as ``<arch>.*`` so that they do.
+    """
+    cfgs = {name: _zoo_cfg(arch_cfgs[name.partition('.')[0]], name, entry, PRETRAINED_DIR)
+            for name, entry in _shipped_tags().items() if name.partition('.')[0] in arch_cfgs}
+    cfgs.update((f'{arch}.*', cfg) for arch, cfg in arch_cfgs.items())
+    return cfgs
 
 
 def resolve_zoo_tag(
@@ -98,9 +129,9 @@ def resolve_zoo_tag(
     """An entrypoint's kwargs with a zoo tag resolved: ``pretrained_cfg='<tag>'`` becomes the tag's cfg, and the
     architecture options its weights were trained with (``model_args``) are added beneath the caller's.
 
-    timm hands the entrypoint the tag of ``create_model('<arch>.<tag>')`` as ``pretrained_cfg``. A tag's cfg is the
-    architecture's untagged cfg updated by the entry, with ``file`` set to the shipped weights (absolute) when they
-    are present. Anything but a zoo tag of ``arch`` is returned unchanged, for timm to resolve.
+    timm hands the entrypoint the tag of ``create_model('<arch>.<tag>')`` as ``pretrained_cfg``; the tag's cfg is
+    built as at registration, from ``tags`` and ``pretrained_dir`` (a table other than the shipped one works too).
+    Anything but a zoo tag of ``arch`` is returned unchanged, for timm to resolve.
 
     Args:
         arch: the architecture being built.
@@ -115,13 +146,10 @@ def resolve_zoo_tag(
     entry = (_shipped_tags() if tags is None else tags).get(name)
     if entry is None:
         return dict(kwargs)
-    cfg = dict(get_pretrained_cfg(arch).to_dict(), architecture=arch, tag=tag,
-               **{k: v for k, v in entry.items() if k in _ENTRY_CFG_FIELDS})
-    weights = Path(pretrained_dir).resolve() / f'{name}.safetensors'
-    if weights.is_file():
-        cfg['file'] = str(weights)
-    elif not cfg.get('hf_hub_id'):
-        _logger.warning(f'{name}: no {weights} and no hf_hub_id, so the tag has no weights')
+    cfg = dict(_zoo_cfg(get_pretrained_cfg(arch).to_dict(), name, entry, Path(pretrained_dir)),
+               architecture=arch, tag=tag)
+    if not cfg.get('file') and not cfg.get('hf_hub_id'):
+        _logger.warning(f'{name}: no weights file in {pretrained_dir} and no hf_hub_id, so the tag has no weights')
     return dict(entry.get('model_args', {}), **dict(kwargs, pretrained_cfg=cfg))
 
 

@@ -18,8 +18,9 @@ entry, so its stride-16 stage ``stages.2`` is 2.
 Discovery reads each entrypoint's return annotation, so importing builds no model. An RSG model is its backbone,
 built by the backbone's own timm entrypoint, with its class switched to a subclass that adds RSG (``RSGResNet``,
 ``RSGConvNeXt``, ...): the state_dict keys are the backbone's plus ``rsg.*``, ``pretrained=True`` loads the backbone's
-default timm weights (RSG starts fresh), and RSG is registered after the head so that ``features_only`` gives the
-backbone's features. ``model(x)`` returns logits (eval, validation, export and every timm tool see the backbone);
+timm weights (RSG starts fresh): every timm tag of the backbone is registered for ``rsg_<arch>`` too
+(``rsg_resnet152.tv_in1k``), with the same default; and RSG is registered after the head so that ``features_only``
+gives the backbone's features. ``model(x)`` returns logits (eval, validation, export and every timm tool see the backbone);
 ``model(x, target=y)`` in train mode returns an :class:`RSGOutput`.
 
 Hacked together for rsg_timm; Apache-2.0.
@@ -35,8 +36,8 @@ import timm
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, get_pretrained_cfg, \
-    model_entrypoint, register_model
+from timm.models import PretrainedCfg, build_model_with_cfg, checkpoint_seq, generate_default_cfgs, \
+    get_arch_pretrained_cfgs, model_entrypoint, register_model, split_model_name_tag
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn as _convnext_filter_fn
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
@@ -47,6 +48,7 @@ from timm.utils import unwrap_model
 
 from ..rsg import RSG
 from .cifar_resnet import CifarResNet, NormedLinear, checkpoint_filter_fn
+from .pretrained import zoo_tag_names
 from .state_dict import check_state_dict_fits, fill_fresh_rsg, unwrap_checkpoint
 
 __all__ = [
@@ -106,7 +108,7 @@ class RSGMixin:
             rsg_epoch_thresh: last epoch of the CESC phase; samples are generated for ``epoch > rsg_epoch_thresh``.
             rsg_n_center: centres per class.
             rsg_contrastive_dim: width of the contrastive module.
-            rsg_strength: transfer strength.
+            rsg_strength: transfer strength, in ``(0, 1]`` (see :func:`rsg_timm.rsg.check_transfer_strength`).
             rsg_head_ratio: share of classes (the most frequent ones) treated as head classes.
             rsg_cesc_weight: weight of the CESC loss in ``aux_losses['cesc']``.
             rsg_mv_weight: weight of the MV loss in ``aux_losses['mv']``.
@@ -408,18 +410,23 @@ def _create_rsg(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     )
 
 
-def _rsg_cfg_key_and_cfg(name: str, arch: str) -> Tuple[str, Dict[str, Any]]:
-    """The backbone's default-tag cfg under ``rsg_<arch>.<tag>``: same data config and weights (full hub id)."""
-    cfg = get_pretrained_cfg(arch)
-    cfg = cfg.to_dict() if cfg is not None else {}
-    cfg.pop('architecture', None)
-    tag = cfg.pop('tag', None)
-    return (f'{name}.{tag}' if tag else name), cfg
+def _rsg_cfgs(backbones: Dict[str, Tuple[str, _Family]]) -> Dict[str, PretrainedCfg]:
+    """Every timm tag of each backbone as ``rsg_<arch>.<tag>``, with the backbone tag's data config and weights (full
+    hub id; timm's registration sets the architecture and tag); the default comes first, marked ``*`` so that it
+    stays the default. Zoo tags are left out (see models/pretrained.py)."""
+    zoo = set(zoo_tag_names())
+    cfgs = {}
+    for rsg_name, (arch, _) in backbones.items():
+        for i, (name, cfg) in enumerate(get_arch_pretrained_cfgs(arch).items()):  # registration order: default first
+            if name not in zoo:
+                tag = split_model_name_tag(name)[1]
+                cfgs[f'{rsg_name}.{tag}*' if i == 0 else f'{rsg_name}.{tag}'] = cfg
+    return cfgs
 
 
 _RSG_BACKBONES = _discover_backbones()
 
-default_cfgs = generate_default_cfgs(dict(_rsg_cfg_key_and_cfg(n, a) for n, (a, _) in _RSG_BACKBONES.items()))
+default_cfgs = generate_default_cfgs(_rsg_cfgs(_RSG_BACKBONES))
 
 
 def _register_rsg_entrypoint(name: str, arch: str, family: _Family) -> None:
