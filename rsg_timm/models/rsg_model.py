@@ -222,11 +222,12 @@ class RSGMixin:
         self.rsg_class_counts = counts
         return head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, **kwargs: Any) -> None:
         """Reset the backbone's head (a cosine head stays cosine); RSG's per-class parameters restart when the class
-        count changes."""
+        count changes. ``kwargs`` are the backbone's own options (ConvNeXt's ``reset_other``, which its
+        ``prune_intermediate_layers`` passes)."""
         cosine = isinstance(self.get_classifier(), NormedLinear) and not isinstance(self, CifarResNet)
-        super().reset_classifier(num_classes, global_pool)
+        super().reset_classifier(num_classes, global_pool, **kwargs)
         if cosine and num_classes > 0:
             self.fc = NormedLinear(self.fc.in_features, num_classes, **get_device_dtype(self.fc)).train(self.training)
         self.backbone_kwargs['num_classes'] = num_classes
@@ -265,8 +266,11 @@ class RSGMixin:
         Args:
             x: images ``[B, C, H, W]``.
             target: labels ``[B]``; only used in train mode.
+
+        FX tracing (timm's feature extraction traces train and eval mode) gets the backbone's graph: a traced label
+        is a placeholder without values, and RSG's choice of samples depends on them.
         """
-        if target is None or not self.training:
+        if target is None or not self.training or isinstance(target, torch.fx.Proxy):
             return super().forward(x)
         return self._forward_rsg(x, target)
 
