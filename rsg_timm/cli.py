@@ -7,8 +7,9 @@ from .engine import DivergedError, NonFiniteLossError
 
 __all__ = ['USER_ERRORS', 'run_cli', 'set_interrupt_hint']
 
-# Errors whose message already names the bad input and the fix.
-USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError, DivergedError)
+# Errors whose message already names the bad input and the fix (a ConnectionError: the unreachable server, as
+# raised by the Hub push and by huggingface_hub's offline mode).
+USER_ERRORS = (ValueError, FileNotFoundError, ConnectionError, CheckpointError, NonFiniteLossError, DivergedError)
 
 
 _interrupt_hint: Optional[Callable[[], str]] = None

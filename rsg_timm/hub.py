@@ -21,7 +21,8 @@ import tempfile
 from typing import List, Optional, Union
 
 from huggingface_hub import HfApi
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the client's HTTP library, under a stable name
 
 from .export import export_run
 from .models.pretrained import PRETRAINED_DIR, add_pretrained
@@ -65,6 +66,9 @@ def push_to_hub(
 
     Returns:
         The repo URL, or the dry-run folder.
+
+    Raises:
+        ConnectionError: the Hub (``HF_ENDPOINT``, huggingface.co by default) cannot be reached, naming it.
     """
     _check_repo_id(repo_id)
     if dry_run_dir is not None:
@@ -78,8 +82,13 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix='rsg-timm-hub-') as staging:
         export_run(run_dir, staging, repo_id=repo_id)
         api = HfApi(token=token)
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message)
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message)
+        except (httpx.TransportError, OfflineModeIsEnabled) as e:
+            raise ConnectionError(
+                f'cannot reach the Hub at {api.endpoint} to push {repo_id} ({e}); check the network, HF_ENDPOINT and '
+                f'HF_HUB_OFFLINE, or stage the files with --dry-run OUT_DIR') from None
     _logger.info(f'Pushed {run_dir} to {url}')
     return str(url)
 
