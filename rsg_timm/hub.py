@@ -21,7 +21,7 @@ import tempfile
 from typing import List, Optional, Union
 
 from huggingface_hub import HfApi
-from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the client's HTTP library, under a stable name
 
 from .export import export_run
@@ -69,6 +69,7 @@ def push_to_hub(
 
     Raises:
         ConnectionError: the Hub (``HF_ENDPOINT``, huggingface.co by default) cannot be reached, naming it.
+        PermissionError: the Hub refused the token (none, or no write access to the namespace).
     """
     _check_repo_id(repo_id)
     if dry_run_dir is not None:
@@ -89,6 +90,13 @@ def push_to_hub(
             raise ConnectionError(
                 f'cannot reach the Hub at {api.endpoint} to push {repo_id} ({e}); check the network, HF_ENDPOINT and '
                 f'HF_HUB_OFFLINE, or stage the files with --dry-run OUT_DIR') from None
+        except HfHubHTTPError as e:
+            if e.response.status_code not in (401, 403):
+                raise
+            raise PermissionError(
+                f'the Hub at {api.endpoint} refused to push {repo_id} ({e.response.status_code}: '
+                f'{e.server_message or "no write access"}); log in with `hf auth login` or pass --token, with write '
+                f'access to {repo_id.split("/")[0]}') from None
     _logger.info(f'Pushed {run_dir} to {url}')
     return str(url)
 

@@ -1,10 +1,11 @@
 """A Hugging Face Hub stand-in on the loopback address, for running the real ``huggingface_hub`` client offline.
 
 It answers the few routes that creating a model repo, committing files to it and downloading them use: repo
-creation, the model card's metadata check (its YAML front matter must parse to a mapping), the pre-upload check (every file goes inline, as a "regular" git blob, so no LFS or Xet transfer), the
+creation, repo info, the model card's metadata check (its YAML front matter must parse to a mapping), the pre-upload check (every file goes inline, as a "regular" git blob, so no LFS or Xet transfer), the
 NDJSON commit, and ``resolve/<revision>/<file>`` with the headers ``hf_hub_download`` reads (commit, ETag, size).
-Repos live in memory. Any other route answers 501 and is recorded, so a client that starts to need more fails
-loudly. Point a client at it with ``HF_ENDPOINT=<server.endpoint>`` set before ``huggingface_hub`` is imported
+Repos live in memory; writes need a token (any: ``Authorization: Bearer ...``), as on the Hub. The client's
+optional registry fetch answers 404; any other route answers 501 and is recorded, so a client that starts to need
+more fails loudly. Point a client at it with ``HF_ENDPOINT=<server.endpoint>`` set before ``huggingface_hub`` is imported
 (its constants are read at import).
 """
 import base64
@@ -23,7 +24,10 @@ _CREATE = re.compile(r'^/api/repos/create$')
 _VALIDATE_YAML = re.compile(r'^/api/validate-yaml$')
 _PREUPLOAD = re.compile(rf'^/api/models/{_REPO}/preupload/(?P<rev>[^/]+)$')
 _COMMIT = re.compile(rf'^/api/models/{_REPO}/commit/(?P<rev>[^/]+)$')
+_INFO = re.compile(rf'^/api/models/{_REPO}(/revision/(?P<rev>[^/]+))?$')
 _RESOLVE = re.compile(rf'^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$')
+_OPTIONAL = ('/api/agent-harnesses',)  # best effort in the client: it goes on without an answer
+_UNAUTHORIZED = (401, {}, {'error': 'Invalid credentials in Authorization header'})
 
 
 class _Repo:
@@ -111,6 +115,13 @@ class LocalHub:
         return 200, {}, {'commitUrl': f'{self.endpoint}/{repo_id}/commit/{repo.commit}', 'commitOid': repo.commit,
                          'pullRequestUrl': None}
 
+    def info(self, repo_id: str):
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return 404, {'X-Error-Code': 'RepoNotFound'}, {'error': 'Repository not found'}
+        return 200, {}, {'id': repo_id, 'sha': repo.commit, 'private': False,
+                         'siblings': [{'rfilename': name} for name in sorted(repo.files)]}
+
     def resolve(self, repo_id: str, revision: str, path: str):
         repo = self.repos.get(repo_id)
         if repo is None:
@@ -153,6 +164,11 @@ def _handler_for(hub: LocalHub) -> type:
 
         def _get(self, head: bool) -> None:
             path = unquote(urlsplit(self.path).path)
+            if path in _OPTIONAL:
+                return self._reply(404, {}, {'error': 'not served by the test hub'}, head)
+            match = _INFO.match(path)
+            if match:
+                return self._reply(*hub.info(match['repo']), head=head)
             match = _RESOLVE.match(path)
             if match is None:
                 return self._unhandled(head)
@@ -166,6 +182,8 @@ def _handler_for(hub: LocalHub) -> type:
 
         def do_POST(self) -> None:
             path, body = unquote(urlsplit(self.path).path), self._body()
+            if not self.headers.get('Authorization', '').startswith('Bearer '):
+                return self._reply(*_UNAUTHORIZED)
             if _CREATE.match(path):
                 return self._reply(*hub.create_repo(json.loads(body)))
             if _VALIDATE_YAML.match(path):

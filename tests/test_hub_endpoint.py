@@ -27,11 +27,15 @@ _TIMEOUT = 300  # seconds per command; a hang fails the test instead of the suit
 
 
 def _env(endpoint: str, home: Path) -> dict:
-    """A client environment: online, this endpoint, its own cache and a token (the stand-in checks none)."""
-    return dict(os.environ, HF_ENDPOINT=endpoint, HF_HUB_OFFLINE='0', HF_HOME=str(home), HF_TOKEN='hf_local_test',
-                HF_HUB_ETAG_TIMEOUT='5', HF_HUB_DOWNLOAD_TIMEOUT='5', HF_HUB_DISABLE_XET='1',
-                NO_PROXY='127.0.0.1,localhost', no_proxy='127.0.0.1,localhost', OMP_NUM_THREADS='1',
-                PYTHONPATH=REPO_DIR)
+    """A client environment: online, this endpoint, its own cache and no stored token (push passes --token)."""
+    env = {k: v for k, v in os.environ.items() if k not in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN')}
+    return dict(env, HF_ENDPOINT=endpoint, HF_HUB_OFFLINE='0', HF_HOME=str(home), HF_HUB_ETAG_TIMEOUT='5',
+                HF_HUB_DOWNLOAD_TIMEOUT='5', HF_HUB_DISABLE_XET='1', NO_PROXY='127.0.0.1,localhost',
+                no_proxy='127.0.0.1,localhost', OMP_NUM_THREADS='1', PYTHONPATH=REPO_DIR)
+
+
+def _push(run_dir, env, *extra) -> subprocess.CompletedProcess:
+    return _run(['-m', 'rsg_timm.hub', 'push', str(run_dir), '--repo-id', REPO_ID, *extra], env)
 
 
 def _run(args, env) -> subprocess.CompletedProcess:
@@ -55,7 +59,7 @@ def pushed(trained_run, tmp_path_factory):
     """The shared trained run pushed with the CLI to a fresh stand-in hub; yields (hub, client environment)."""
     with LocalHub() as local_hub:
         env = _env(local_hub.endpoint, tmp_path_factory.mktemp('hf_home'))
-        proc = _run(['-m', 'rsg_timm.hub', 'push', str(trained_run.dir), '--repo-id', REPO_ID], env)
+        proc = _push(trained_run.dir, env, '--token', 'hf_local_test')  # the stand-in takes any token
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.strip().endswith(f'{local_hub.endpoint}/{REPO_ID}')
         yield local_hub, env
@@ -116,10 +120,19 @@ def _closed_port_endpoint() -> str:
 
 def test_push_without_a_hub_is_one_clear_line(trained_run, tmp_path):
     env = _env(_closed_port_endpoint(), tmp_path / 'hf_home')
-    proc = _run(['-m', 'rsg_timm.hub', 'push', str(trained_run.dir), '--repo-id', REPO_ID], env)
+    proc = _push(trained_run.dir, env, '--token', 'hf_local_test')
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f'error: cannot reach the Hub at {env["HF_ENDPOINT"]} to push {REPO_ID} ([Errno 111] Connection refused); '
         f'check the network, HF_ENDPOINT and HF_HUB_OFFLINE, or stage the files with --dry-run OUT_DIR'], proc.stderr
+
+
+def test_push_without_a_token_is_one_clear_line(pushed, trained_run):
+    local_hub, env = pushed
+    proc = _push(trained_run.dir, env)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (  # after the client's log of its requests
+        f'error: the Hub at {local_hub.endpoint} refused to push {REPO_ID} (401: Invalid credentials in '
+        f'Authorization header); log in with `hf auth login` or pass --token, with write access to me')
 
 
 @pytest.mark.slow
