@@ -1,12 +1,13 @@
 """A Hugging Face Hub stand-in on the loopback address, for running the real ``huggingface_hub`` client offline.
 
 It answers the few routes that creating a model repo, committing files to it and downloading them use: repo
-creation, repo info, the model card's metadata check (its YAML front matter must parse to a mapping), the pre-upload check (every file goes inline, as a "regular" git blob, so no LFS or Xet transfer), the
-NDJSON commit, and ``resolve/<revision>/<file>`` with the headers ``hf_hub_download`` reads (commit, ETag, size).
-Repos live in memory; writes need a token (any: ``Authorization: Bearer ...``), as on the Hub. The client's
-optional registry fetch answers 404; any other route answers 501 and is recorded, so a client that starts to need
-more fails loudly. Point a client at it with ``HF_ENDPOINT=<server.endpoint>`` set before ``huggingface_hub`` is imported
-(its constants are read at import).
+creation, repo info, the model card's metadata check (its YAML front matter must parse to a mapping), the
+pre-upload check (every file goes inline, as a "regular" git blob, so no LFS or Xet transfer), the NDJSON commit,
+and ``resolve/<revision>/<file>`` with the headers ``hf_hub_download`` reads (commit, ETag, size). Repos live in
+memory; writes need a token (any ``Authorization: Bearer ...``), as on the Hub. The client's optional registry
+fetch answers 404; any other route answers 501 and is recorded, so a client that starts to need more fails loudly.
+Point a client at it with ``HF_ENDPOINT=<hub.endpoint>`` set before ``huggingface_hub`` is imported (its constants
+are read at import).
 """
 import base64
 import hashlib
@@ -39,7 +40,7 @@ class _Repo:
 class LocalHub:
     """The stand-in server: ``with LocalHub() as hub:`` serves on ``hub.endpoint`` until the block ends.
 
-    ``hub.repos`` maps ``ORG/NAME`` to its files; ``hub.unhandled`` lists requests it could not answer.
+    ``hub.files(ORG/NAME)`` gives a repo's files; ``hub.unhandled`` lists the requests it could not answer.
     """
 
     def __init__(self):
