@@ -117,8 +117,9 @@ def _build_parser() -> argparse.ArgumentParser:
     group.add_argument('--channels-last', action='store_true')
     group.add_argument('--grad-checkpointing', action='store_true')
     group.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
-                       help='torch.compile each backbone stage (opt-in; RSG stays eager, its sample count is data-'
-                            'dependent); about a minute of compiling on CPU')
+                       help='torch.compile each backbone stage in place (opt-in; RSG stays eager, its sample count is '
+                            'data-dependent; a model outside the RSG families is compiled whole); about a minute of '
+                            'compiling on CPU')
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
     group.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
     group.add_argument('--interpolation', default=None, help="resize interpolation (default: the model's)")

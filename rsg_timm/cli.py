@@ -7,8 +7,10 @@ from .engine import DivergedError, NonFiniteLossError
 
 __all__ = ['USER_ERRORS', 'run_cli', 'set_interrupt_hint']
 
-# Errors whose message already names the bad input and the fix.
-USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError, DivergedError)
+# Errors whose message already names the bad input and the fix (ConnectionError and PermissionError: the Hub push
+# names the server it could not reach or that refused the token; huggingface_hub's offline mode names its switch).
+USER_ERRORS = (ValueError, FileNotFoundError, ConnectionError, PermissionError, CheckpointError, NonFiniteLossError,
+               DivergedError)
 
 
 _interrupt_hint: Optional[Callable[[], str]] = None

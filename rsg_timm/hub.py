@@ -21,8 +21,8 @@ import tempfile
 from typing import List, Optional, Union
 
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the client's HTTP library, under a stable name
 
 from .export import export_run
 from .models.pretrained import PRETRAINED_DIR, add_pretrained
@@ -34,11 +34,6 @@ _logger = logging.getLogger(__name__)
 _DEFAULT_COMMIT_MESSAGE = 'Add rsg_timm model'
 
 PathLike = Union[str, os.PathLike]
-
-# No network, no login, a refused upload: OSError (offline mode too) or the HTTP client's own base error, which
-# huggingface_hub's HTTP errors derive from (requests or httpx, by its version).
-_NETWORK_ERRORS = (OSError, *HfHubHTTPError.__bases__)
-
 
 def _check_repo_id(repo_id: str, flag: str = '--repo-id') -> None:
     """The Hub's own rules, so a dry run refuses what a push would."""
@@ -70,6 +65,10 @@ def push_to_hub(
 
     Returns:
         The repo URL, or the dry-run folder.
+
+    Raises:
+        ConnectionError: the Hub (``HF_ENDPOINT``, huggingface.co by default) cannot be reached, naming it.
+        PermissionError: the Hub refused the token (none, or no write access to the namespace).
     """
     _check_repo_id(repo_id)
     if dry_run_dir is not None:
@@ -88,11 +87,17 @@ def push_to_hub(
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True)
             api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message)
-        except _NETWORK_ERRORS as e:
-            reason = (str(e).strip().splitlines() or [''])[0][:200]
-            raise ValueError(f'could not push {run_dir} to {repo_id} ({type(e).__name__}: {reason}): check the network '
-                             f'(HF_HUB_OFFLINE unset) and the login (hf auth login, or --token), then push again; '
-                             f'--dry-run DIR stages the upload without the network') from None
+        except (httpx.TransportError, OfflineModeIsEnabled) as e:
+            raise ConnectionError(
+                f'cannot reach the Hub at {api.endpoint} to push {repo_id} ({e}); check the network, HF_ENDPOINT and '
+                f'HF_HUB_OFFLINE, or stage the files with --dry-run OUT_DIR') from None
+        except HfHubHTTPError as e:
+            if e.response.status_code not in (401, 403):
+                raise
+            raise PermissionError(
+                f'the Hub at {api.endpoint} refused to push {repo_id} ({e.response.status_code}: '
+                f'{e.server_message or "no write access"}); log in with `hf auth login` or pass --token, with write '
+                f'access to {repo_id.split("/")[0]}') from None
     _logger.info(f'Pushed {run_dir} to {url}')
     return str(url)
 

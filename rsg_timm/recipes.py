@@ -21,8 +21,8 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 from .checkpoint import load_training_checkpoint
-from .models import backbone_arch, check_rsg_family, check_state_dict_fits, fill_fresh_rsg, is_rsg_model, \
-    set_cosine_classifier, supports_cosine_classifier, unwrap_checkpoint
+from .models import backbone_arch, backbone_stage_names, check_rsg_family, check_state_dict_fits, fill_fresh_rsg, \
+    is_rsg_model, set_cosine_classifier, supports_cosine_classifier, unwrap_checkpoint
 
 __all__ = ['RSG_FLAGS', 'LATE_PHASE', 'LAST_DECAY', 'EPOCH_SWITCHES', 'scaled_schedule', 'rescale_schedule',
            'phases_out_of_reach', 'resolve_recipe', 'create_recipe_model', 'create_recipe_optimizer',
@@ -191,9 +191,11 @@ def create_recipe_model(args: argparse.Namespace, num_classes: int, class_counts
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if args.torchcompile:
-        # in place (Module.compile), so state_dict keys stay the backbone's; dynamic: generated samples change B
-        for info in model.feature_info[1:]:
-            model.get_submodule(info['module']).compile(backend=args.torchcompile, dynamic=True)
+        # in place (Module.compile), so state_dict keys stay the backbone's; dynamic: generated samples change B.
+        # Stage by stage, as the RSG train path calls them; a model outside the RSG families has no RSG to skip.
+        stage_names = backbone_stage_names(model)
+        for module in [model] if stage_names is None else [model.get_submodule(n) for n in stage_names]:
+            module.compile(backend=args.torchcompile, dynamic=True)
     return model
 
 

@@ -15,7 +15,7 @@ import torch
 from rsg_timm.export import save_pretrained, strip_rsg
 from rsg_timm.models import RSGOutput
 
-from rsg_timm.recipes import resolve_recipe
+from rsg_timm.recipes import create_recipe_model, resolve_recipe
 from helpers import REPO_DIR, load_script
 from test_models import FAMILY_RSG_MODELS
 
@@ -90,6 +90,36 @@ def test_cesc_phase_runs_the_backbone(name, kwargs):
 def test_rsg_stage_outside_the_stages_fails_clearly(name, stage, valid):
     with pytest.raises(ValueError, match=f'rsg_stage={stage} is not a stage of {name[4:]}.*pass one of {valid}'):
         timm.create_model(name, rsg_stage=stage)
+
+
+def _numbered(prefix, n):
+    return [f'{prefix}{i}' for i in range(n)]
+
+
+@pytest.mark.parametrize('name,compiled', [
+    ('rsg_resnet20', ['layer1', 'layer2', 'layer3']),
+    ('cifar_resnet20', ['layer1', 'layer2', 'layer3']),
+    ('rsg_test_resnet', ['layer1', 'layer2', 'layer3', 'layer4']),
+    ('rsg_convnext_atto', _numbered('stages.', 4)),  # its feature_info has no stem entry to skip
+    ('rsg_regnetx_002', ['s1', 's2', 's3', 's4']),
+    ('rsg_efficientnet_b0', _numbered('blocks.', 7)),  # feature_info names only blocks 1, 2, 4, 6
+    ('efficientnet_b0', _numbered('blocks.', 7)),
+    ('rsg_mobilenetv3_small_050', _numbered('blocks.', 6)),
+    ('rsg_resnetv2_18', _numbered('stages.', 4)),
+    ('test_vit', ['']),  # outside the RSG families: the whole model
+])
+def test_torchcompile_compiles_every_stage_of_the_family(name, compiled, monkeypatch):
+    """Every stage the forward and the RSG train path call, each compiled once, in place; recorded, not compiled."""
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, 'compile', lambda module, **kwargs: calls.append((module, kwargs)))
+    train = load_script('train.py')
+    args = train._parse_args(['--model', name, '--torchcompile', '--loss', 'ce'])
+    resolve_recipe(args)
+    counts = [8, 6, 4, 3, 2, 2, 2, 2, 2, 2]
+    model = create_recipe_model(args, len(counts), counts)
+    names = {id(module): n for n, module in model.named_modules()}
+    assert [names[id(module)] for module, _ in calls] == compiled
+    assert all(kwargs == dict(backend='inductor', dynamic=True) for _, kwargs in calls)
 
 
 @pytest.mark.parametrize('name', FAMILY_RSG_MODELS)

@@ -287,8 +287,14 @@ class CifarResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
-        for name in self._stage_names:
-            x = self._run_stage(getattr(self, name), x)
+        # named_children, not getattr(self, name) or _run_stage: TorchScript neither resolves an attribute from a
+        # variable name nor passes modules as arguments
+        for name, stage in self.named_children():
+            if name in self._stage_names:
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint_seq(stage, x)
+                else:
+                    x = stage(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

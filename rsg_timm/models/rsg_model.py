@@ -53,7 +53,7 @@ from .state_dict import check_state_dict_fits, fill_fresh_rsg, unwrap_checkpoint
 
 __all__ = [
     'RSGOutput', 'RSGMixin', 'RSGResNet', 'RSGCifarResNet', 'RSGConvNeXt', 'RSGRegNet', 'RSGEfficientNet',
-    'RSGMobileNetV3', 'RSGResNetV2', 'backbone_arch',
+    'RSGMobileNetV3', 'RSGResNetV2', 'backbone_arch', 'backbone_stage_names',
 ]  # register_model adds each rsg_* entrypoint
 
 _logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class RSGMixin:
 
     The backbone needs ``feature_info``, ``forward_intermediates`` (indexed like ``feature_info``) and
     ``forward_head``. The train path runs ``forward_intermediates`` up to the RSG stage, RSG, then the stage adapter
-    each family subclass supplies: the stages after it (:meth:`_rsg_stage_names`) and whatever ``forward_features``
+    each family subclass supplies: the stages after it (:func:`backbone_stage_names`) and whatever ``forward_features``
     applies after the last stage (:meth:`_rsg_forward_neck`). ``forward_features``, ``forward_intermediates``,
     ``group_matcher`` (RSG parameters fall in the final, head-like group) and everything else stay the backbone's.
     The train path honours grad checkpointing for the backbone stages; RSG itself is not checkpointed (its
@@ -149,7 +149,7 @@ class RSGMixin:
             mv_weight: float,
     ) -> None:
         module_names = [info['module'] for info in self.feature_info]
-        stage_names = self._rsg_stage_names()
+        stage_names = backbone_stage_names(self)
         stages = [i for i, name in enumerate(module_names) if name in stage_names]
         if stage not in stages:
             raise ValueError(
@@ -173,13 +173,6 @@ class RSGMixin:
             transfer_strength=strength, epoch_thresh=epoch_thresh)
         self._rsg_head_warned = False
         self.rsg = self._create_rsg_module()  # registered after the head: FeatureListNet stops before it
-
-    def _rsg_stage_names(self) -> List[str]:
-        """The modules ``forward_features`` runs after the stem, in order (the RSG stage is one of them)."""
-        container = self._rsg_stage_container
-        if container is None:
-            return [info['module'] for info in self.feature_info[1:]]
-        return [f'{container}.{i}' for i in range(len(self.get_submodule(container)))]
 
     def _rsg_forward_neck(self, x: torch.Tensor) -> torch.Tensor:
         """What ``forward_features`` applies after the last stage (nothing for a ResNet)."""
@@ -224,11 +217,12 @@ class RSGMixin:
         self.rsg_class_counts = counts
         return head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, **kwargs: Any) -> None:
         """Reset the backbone's head (a cosine head stays cosine); RSG's per-class parameters restart when the class
-        count changes."""
+        count changes. ``kwargs`` are the backbone's own options (ConvNeXt's ``reset_other``, which its
+        ``prune_intermediate_layers`` passes)."""
         cosine = isinstance(self.get_classifier(), NormedLinear) and not isinstance(self, CifarResNet)
-        super().reset_classifier(num_classes, global_pool)
+        super().reset_classifier(num_classes, global_pool, **kwargs)
         if cosine and num_classes > 0:
             self.fc = NormedLinear(self.fc.in_features, num_classes, **get_device_dtype(self.fc)).train(self.training)
         self.backbone_kwargs['num_classes'] = num_classes
@@ -267,10 +261,27 @@ class RSGMixin:
         Args:
             x: images ``[B, C, H, W]``.
             target: labels ``[B]``; only used in train mode.
+
+        FX tracing (timm's feature extraction traces train and eval mode) gets the backbone's graph: a traced label
+        is a placeholder without values, and RSG's choice of samples depends on them.
         """
-        if target is None or not self.training:
+        if target is None or not self.training or isinstance(target, torch.fx.Proxy):
             return super().forward(x)
         return self._forward_rsg(x, target)
+
+
+def backbone_stage_names(model: nn.Module) -> Optional[List[str]]:
+    """The modules a backbone of the RSG families (plain or ``rsg_``) runs one after another between its stem and
+    its neck: ``layer1``.. of a ResNet, ``s1``.. of a RegNet, every block group ``blocks.0``.. of an EfficientNet.
+    None for a model outside the families. The RSG stage is one of them; ``--torchcompile`` compiles each."""
+    model = unwrap_model(model)
+    family = _FAMILIES.get(type(model).__bases__[-1] if isinstance(model, RSGMixin) else type(model))
+    if family is None:
+        return None
+    container = family.rsg_cls._rsg_stage_container
+    if container is None:
+        return [info['module'] for info in model.feature_info[1:]]
+    return [f'{container}.{i}' for i in range(len(model.get_submodule(container)))]
 
 
 def is_rsg_model(model: Union[nn.Module, str]) -> bool:
