@@ -45,3 +45,10 @@ def test_report_merges_runs_and_pairs_the_arms(tmp_path):
     text = seed_report.tables(list(rows.values()))
     assert '| 43 | +2.50 | +2.50 | +2.50 | +2.50 |' in text  # last, best, many, medium gains of seed 43
     assert '| mean ± std | 1.75 ± 1.06 |' in text  # the paired gains +1.00 (seed 42) and +2.50
+
+
+def test_zoo_card_shows_the_seed_tables_of_the_recorded_csv():
+    """The zoo card's seed tables are seed_report's tables of benchmarks/results/cifar10_lt_r100_seeds.csv."""
+    from rsg_timm.models.pretrained import PRETRAINED_DIR
+    rows = seed_report.merge(None, seed_report.RESULTS, '')
+    assert seed_report.tables(rows) in (PRETRAINED_DIR / 'cifar10_lt_r100.md').read_text()
