@@ -46,8 +46,9 @@ __all__ = ['strip_rsg', 'save_pretrained', 'load_class_counts', 'export_run']
 _logger = logging.getLogger(__name__)
 
 # args.yaml keys that describe the machine a run was trained on, not its recipe; left out of the published copy.
-_LOCAL_ARGS = ('data_dir', 'output', 'experiment', 'resume', 'no_resume_opt', 'device', 'workers', 'no_progress',
-               'log_interval', 'checkpoint_hist', 'dataset_download')
+_LOCAL_ARGS = ('data_dir', 'output', 'experiment', 'resume', 'no_resume_opt', 'fork', 'pretrained_path',
+               'initial_checkpoint', 'device', 'workers', 'no_progress', 'log_interval', 'checkpoint_hist',
+               'dataset_download')
 _EXPORT_FILES = ('config.json', 'model.safetensors')
 _RECORD_FILES = ('summary.csv', 'per_class.csv', 'curves.png', 'per_class.png')  # figures: [plot] extra
 _PACKAGE = __package__  # 'rsg_timm'
@@ -197,7 +198,13 @@ def export_run(run_dir: PathLike, out_dir: PathLike, *, repo_id: str = 'ORG/NAME
     _export_backbone(run.run_dir, out_dir)
     config = json.loads((out_dir / 'config.json').read_text())
     needs_plugin = model_entrypoint(config['architecture']).__module__.startswith(_PACKAGE)
-    num_params = sum(p.numel() for p in create_eval_model(f'local-dir:{out_dir.resolve()}')[0].parameters())
+    timm_logger = logging.getLogger('timm')
+    level = timm_logger.level
+    timm_logger.setLevel(logging.WARNING)  # counting parameters is no load the user asked for: no "Loading ..." lines
+    try:
+        num_params = sum(p.numel() for p in create_eval_model(f'local-dir:{out_dir.resolve()}')[0].parameters())
+    finally:
+        timm_logger.setLevel(level)
     (out_dir / 'README.md').write_text(create_model_card(run, config, repo_id, needs_plugin, num_params),
                                        encoding='utf-8')
     recipe = {k: v for k, v in run.args.items() if k not in _LOCAL_ARGS}
