@@ -22,7 +22,7 @@ from typing import List, Optional, Union
 
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the client's HTTP library, under a stable name
+from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the client's HTTP library (huggingface_hub >= 2)
 
 from .export import export_run
 from .models.pretrained import PRETRAINED_DIR, add_pretrained
