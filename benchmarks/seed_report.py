@@ -85,6 +85,21 @@ def _number(value: str) -> str:
     return 'n/a' if value in ('', 'nan') or math.isnan(float(value)) else f'{float(value):.2f}'
 
 
+def _difference_table(seeds: Dict[str, Dict[str, Dict[str, str]]], arm: str, baseline: str, title: str) -> List[str]:
+    """``arm`` minus ``baseline`` per seed where both ran (last, best, many, medium), then mean ± std."""
+    both = {seed: runs for seed, runs in seeds.items() if arm in runs and baseline in runs}
+    if not both:
+        return []
+    out = ['', title, '', '| seed | last epoch | best epoch | many | medium |', '|---|---|---|---|---|']
+    diffs: Dict[str, List[float]] = {k: [] for k in ('last_top1', 'best_top1', 'many', 'medium')}
+    for seed, runs in both.items():
+        for k in diffs:
+            diffs[k].append(float(runs[arm][k]) - float(runs[baseline][k]))
+        out.append(f'| {seed} | ' + ' | '.join(f'{diffs[k][-1]:+.2f}' for k in diffs) + ' |')
+    out.append('| mean ± std | ' + ' | '.join(_mean_std(v) for v in diffs.values()) + ' |')
+    return out
+
+
 def tables(rows: List[Dict[str, str]]) -> str:
     """The markdown tables of the README and the model card."""
     seeds = _by(rows)
@@ -101,27 +116,11 @@ def tables(rows: List[Dict[str, str]]) -> str:
     out.append('| mean ± std | ' + ' | '.join(means) + ' |')
 
     paired = {seed: runs for seed, runs in seeds.items() if PLAIN in runs and RSG in runs}
-    if paired:
-        out += ['', 'Paired gain of RSG over LDAM-DRW (the same trunk up to epoch 159), top-1 points:', '',
-                '| seed | last epoch | best epoch | many | medium |', '|---|---|---|---|---|']
-        gains: Dict[str, List[float]] = {k: [] for k in ('last_top1', 'best_top1', 'many', 'medium')}
-        for seed, runs in paired.items():
-            for k in gains:
-                gains[k].append(float(runs[RSG][k]) - float(runs[PLAIN][k]))
-            out.append(f'| {seed} | ' + ' | '.join(f'{gains[k][-1]:+.2f}' for k in gains) + ' |')
-        out.append('| mean ± std | ' + ' | '.join(_mean_std(v) for v in gains.values()) + ' |')
-
-    both = {seed: runs for seed, runs in seeds.items() if DP2 in runs and RSG in runs}
-    if both:
-        out += ['', 'The generation phase (epochs 160-199) with the two-GPU DataParallel semantics '
-                '(`--dp-replicas 2`) minus the single-device RSG arm, from the same epoch-159 checkpoint:', '',
-                '| seed | last epoch | best epoch | many | medium |', '|---|---|---|---|---|']
-        diffs: Dict[str, List[float]] = {k: [] for k in ('last_top1', 'best_top1', 'many', 'medium')}
-        for seed, runs in both.items():
-            for k in diffs:
-                diffs[k].append(float(runs[DP2][k]) - float(runs[RSG][k]))
-            out.append(f'| {seed} | ' + ' | '.join(f'{diffs[k][-1]:+.2f}' for k in diffs) + ' |')
-        out.append('| mean ± std | ' + ' | '.join(_mean_std(v) for v in diffs.values()) + ' |')
+    out += _difference_table(seeds, RSG, PLAIN, 'Paired gain of RSG over LDAM-DRW (the same trunk up to epoch 159), '
+                                                'top-1 points:')
+    out += _difference_table(seeds, DP2, RSG, 'The generation phase (epochs 160-199) with the two-GPU DataParallel '
+                                              'semantics (`--dp-replicas 2`) minus the single-device RSG arm, from the '
+                                              'same epoch-159 checkpoint:')
 
     if paired:
         out += ['', 'Per-class gain of RSG over LDAM-DRW at the last epoch (classes by training images, largest '
