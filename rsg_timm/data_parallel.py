@@ -37,7 +37,8 @@ class EmulatedDataParallel(nn.Module):
     * RSG's contrastive module keeps training in the generation phase, as it does on DataParallel replicas.
 
     A plain model (no RSG) is split the same way and its logits concatenated. In eval mode it is the model
-    (BatchNorm uses running statistics, so splitting changes nothing). ``module`` is the wrapped model, so ``timm.utils.unwrap_model`` and checkpoints see the plain model.
+    (BatchNorm uses running statistics, so splitting changes nothing). ``module`` is the wrapped model, so
+    ``timm.utils.unwrap_model`` and checkpoints see the plain model.
     """
 
     def __init__(self, module: nn.Module, replicas: int):
