@@ -270,7 +270,7 @@ def evaluate(
     """
     model.eval()
     evaluator = LongTailEvaluator(num_classes, class_counts=class_counts, label_names=label_names, device=device)
-    loss_sum = torch.zeros(3, device=device)  # summed loss, sample count, correct top-1
+    loss_sum = torch.zeros(2, device=device)  # summed loss, sample count
     batches = loader
     if progress:
         from tqdm.auto import tqdm
@@ -288,16 +288,15 @@ def evaluate(
             logits = logit_transform(logits)
         loss_sum[0] += nn.functional.cross_entropy(logits, target, reduction='sum')
         loss_sum[1] += target.numel()
-        loss_sum[2] += (logits.argmax(1) == target).sum()
         evaluator.update(logits, target)
         if not progress and log_interval and (step + 1) % log_interval == 0:
-            _, seen, correct = loss_sum.tolist()  # host read: once per log line
+            seen, top1 = evaluator.running_top1()  # host read: once per log line
             _logger.info(f'eval batch {step + 1}/{len(loader)}: {seen / (time.perf_counter() - start):.0f} img/s, '
-                         f'top1 so far {100.0 * correct / max(seen, 1.0):.2f}')
+                         f'top1 so far {top1:.2f}')
     if distributed:
         torch.distributed.all_reduce(loss_sum)
         evaluator.synchronize()
-    total, count, _ = loss_sum.tolist()  # host read: once per evaluation
+    total, count = loss_sum.tolist()  # host read: once per evaluation
     metrics = {'loss': total / max(count, 1.0)}
     metrics.update(evaluator.compute())
     metrics = {k: (float('nan') if v is None else v) for k, v in metrics.items()}

@@ -231,6 +231,13 @@ class LongTailEvaluator:
         if self._confusion is not None:
             self._confusion += confusion_matrix(pred, target, self.num_classes)
 
+    def running_top1(self) -> Tuple[int, float]:
+        """Images added so far and their top-1 (a host read; for progress lines during an evaluation)."""
+        if self._class is None:
+            return 0, 0.0
+        correct, total = self._class.sum(dim=1).tolist()
+        return int(total), 100.0 * correct / max(total, 1.0)
+
     def synchronize(self) -> None:
         """Sum the state over all processes of the default group (no-op outside torch.distributed)."""
         if not (dist.is_available() and dist.is_initialized()):

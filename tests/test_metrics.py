@@ -202,3 +202,11 @@ def test_tau_normalize_timm_model():
     with torch.no_grad():
         expected = model(x) - model.get_classifier().bias
         torch.testing.assert_close(new(x), expected)
+
+
+def test_running_top1_counts_what_was_added():
+    evaluator = LongTailEvaluator(3)
+    assert evaluator.running_top1() == (0, 0.0)
+    evaluator.update(torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, 0, 0]))
+    assert evaluator.running_top1() == (4, 75.0)
+    assert evaluator.compute()['top1'] == 75.0
