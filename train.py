@@ -8,7 +8,6 @@ Pass a plain backbone (``--model cifar_resnet32``) to train the same network wit
 """
 import argparse
 import contextlib
-import copy
 import datetime
 import functools
 import json
@@ -22,8 +21,7 @@ import time
 import torch
 import yaml
 from timm.data import resolve_data_config
-from timm.utils import (ParseKwargs, distribute_bn, init_distributed_device, is_primary, random_seed,
-                        setup_default_logging)
+from timm.utils import distribute_bn, init_distributed_device, is_primary, random_seed, setup_default_logging
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.atomic import atomic_write
@@ -31,11 +29,11 @@ from rsg_timm.cli import run_cli, set_interrupt_hint
 from rsg_timm.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, VERSION_KEY, CheckpointError, RunCheckpointSaver, \
     RunState, find_resume_checkpoint, load_training_checkpoint
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, cuts_to_profile, \
-    default_imb_type, list_lt_datasets, list_samplers, sampler_kwargs
+    default_imb_type, sampler_kwargs
 from rsg_timm.data_parallel import EmulatedDataParallel
 from rsg_timm.engine import check_divergence, evaluate, format_loss_terms, train_one_epoch
 from rsg_timm.export import save_pretrained
-from rsg_timm.losses import create_loss, create_reweight, list_losses, list_reweights, loss_kwargs
+from rsg_timm.losses import create_loss, create_reweight, loss_kwargs
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy, plot_training_curves
 from rsg_timm.models import is_rsg_model
 from rsg_timm.posthoc import training_logit_scale
@@ -43,6 +41,7 @@ from rsg_timm.recipes import EPOCH_SWITCHES, create_lr_scheduler, create_recipe_
     rescale_schedule, resolve_recipe
 from rsg_timm.resume import fork_run, resume_run
 from rsg_timm.run_folder import append_summary, create_run_dir, lock_run_dir, new_run_dir, truncate_summary
+from rsg_timm.train_flags import build_train_parser, restored_on_resume, train_flags
 
 _logger = logging.getLogger('train')
 
@@ -51,187 +50,9 @@ config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE
                            help='YAML file whose keys are argument names (explicit flags win)')
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, flags without a help line included, unless the help already explains it."""
-
-    def _format_action(self, action: argparse.Action) -> str:
-        if action.help is None and action.option_strings and action.default not in (None, ''):
-            action = copy.copy(action)
-            action.help = '(default: %(default)s)'  # argparse prints nothing for a flag without help
-        return super()._format_action(action)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, '') or 'default' in action.help:
-            return action.help
-        return super()._get_help_string(action)
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description='rsg_timm long-tailed training', formatter_class=_HelpFormatter)
-    # listed for --help (config_parser reads it first); its own action, as callers may rewrite these actions' defaults
-    parser.add_argument('-c', '--config', default='', metavar='FILE',
-                        help='YAML file whose keys are argument names (explicit flags win)')
-    group = parser.add_argument_group('Dataset parameters')
-    group.add_argument('--data-dir', default=None, metavar='DIR', help='dataset root (not needed for demo)')
-    group.add_argument('--dataset', default='demo', help=f'one of: {", ".join(list_lt_datasets())}')
-    group.add_argument('--train-split', default='train')
-    group.add_argument('--val-split', default='test', help='split evaluated every epoch')
-    group.add_argument('--test-split', default='test', help='split the --select-on val epoch is tested on')
-    group.add_argument('--select-on', default='last', choices=('last', 'val'),
-                       help='exported epoch: the last, or the best on --val-split, then tested on --test-split '
-                            '(the official large-scale protocol)')
-    group.add_argument('--dataset-download', action='store_true', help='let torchvision download CIFAR')
-    group.add_argument('--check-data', action='store_true',
-                       help='read every image file before training (image-file datasets; slow on large sets)')
-
-    group = parser.add_argument_group('Model parameters')
-    group.add_argument('--model', default='rsg_resnet32', help='any timm model; rsg_<arch> adds RSG to <arch>')
-    group.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=False,
-                       help="start from the backbone's timm weights (downloaded once, then from the Hugging Face "
-                            'cache)')
-    group.add_argument('--pretrained-path', default=None, metavar='FILE',
-                       help='start from these weights instead of the download, as timm: a .safetensors/.bin/.pth '
-                            'file of the backbone (a classifier of another class count is dropped); implies '
-                            '--pretrained')
-    group.add_argument('--initial-checkpoint', default='', metavar='PATH',
-                       help="load this checkpoint's weights into the model once built, as timm (a checkpoint of "
-                            'the same model, or of its backbone: RSG then starts fresh)')
-    group.add_argument('--num-classes', type=int, default=None, help="default: the dataset's class count")
-    group.add_argument('--resume', default='', metavar='RUN',
-                       help="continue a run in its own folder: the folder or a checkpoint in it; the run's flags are "
-                            "restored from the checkpoint (flags given explicitly win and are logged)")
-    group.add_argument('--no-resume-opt', action='store_true', help='do not restore the optimizer state')
-    group.add_argument('--fork', default='', metavar='CHECKPOINT',
-                       help="start a new run from another run's training checkpoint: its epoch, RNG state, and the "
-                            'weights and optimizer state of the tensors both models share (e.g. a plain --model '
-                            "branched off an rsg_* run before RSG's generation phase)")
-    group.add_argument('--drop', type=float, default=None, help='dropout before the classifier')
-    group.add_argument('--drop-path', type=float, default=None, help='stochastic depth (timm ResNets)')
-    group.add_argument('-b', '--batch-size', type=int, default=128, help='per process')
-    group.add_argument('--dp-replicas', type=int, default=1, metavar='N',
-                       help='train as nn.DataParallel over N GPUs computes, on one device (the official RSG CIFAR '
-                            'runs used 2): BatchNorm and RSG on each 1/N of the batch, running statistics of the '
-                            "first share, auxiliary losses averaged over shares, RSG's contrastive module not "
-                            'frozen; 1: one device')
-    group.add_argument('-vb', '--validation-batch-size', type=int, default=None)
-    group.add_argument('--channels-last', action='store_true')
-    group.add_argument('--grad-checkpointing', action='store_true')
-    group.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
-                       help='torch.compile each backbone stage in place (opt-in; RSG stays eager, its sample count is '
-                            'data-dependent; a model outside the RSG families is compiled whole); about a minute of '
-                            'compiling on CPU')
-    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
-    group.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
-    group.add_argument('--interpolation', default=None, help="resize interpolation (default: the model's)")
-    group.add_argument('--crop-pct', type=float, default=None,
-                       help="eval centre-crop share (default: the model's); 0.875 at 224 px is Resize 256 + crop 224")
-    group.add_argument('--mean', type=float, nargs=3, default=None, help="normalisation mean (default: the model's)")
-    group.add_argument('--std', type=float, nargs=3, default=None, help="normalisation std (default: the model's)")
-
-    group = parser.add_argument_group('Long-tail parameters')
-    group.add_argument('--imb-type', default=None, choices=('exp', 'step', 'none'),
-                       help='training class profile (default: exp for CIFAR-LT, none, the data as it is, otherwise)')
-    group.add_argument('--imb-factor', type=float, default=0.01, help='n_min / n_max, 0.01 is rho = 100')
-    group.add_argument('--imb-select', default='first', choices=('first', 'shuffle'),
-                       help="first: the RSG paper's CIFAR-LT subset; shuffle: LDAM-DRW's seeded subset")
-    group.add_argument('--sampler', default='instance', help=f'one of: {", ".join(list_samplers())}')
-    group.add_argument('--loss', default=None,
-                       help=f'one of: {", ".join(list_losses())} (default: ldam with a cosine classifier, else ce)')
-    group.add_argument('--reweight', default=None,
-                       help=f'one of: {", ".join(list_reweights())} (default: drw with --loss ldam, else none)')
-    group.add_argument('--drw-epoch', type=int, default=None, help='first re-weighted epoch (default 80%% in)')
-    group.add_argument('--drs-epoch', type=int, default=None,
-                       help='first re-sampled epoch of --sampler deferred (default 80%% in)')
-    group.add_argument('--drs-shuffle', action='store_true',
-                       help='--sampler deferred: before --drs-epoch, each image once per epoch in a seeded shuffle '
-                            '(the official scripts) instead of instance-balanced draws with replacement')
-    group.add_argument('--cb-beta', type=float, default=0.9999, help='effective-number beta')
-    group.add_argument('--focal-gamma', type=float, default=None, help='focal loss gamma (loss default 1.0)')
-    group.add_argument('--ldam-max-m', type=float, default=None, help='largest LDAM margin (loss default 0.5)')
-    group.add_argument('--ldam-s', type=float, default=None,
-                       help='LDAM logit scale, for cosine logits in [-1, 1] (loss default 30)')
-    group.add_argument('--la-tau', type=float, default=None, help='logit-adjusted loss tau (loss default 1.0)')
-    group.add_argument('--cosine-classifier', action=argparse.BooleanOptionalAction, default=None,
-                       help='cosine classifier (default: on the CIFAR ResNets without --loss, or with --loss ldam '
-                            'where the model supports it, as LDAM/RSG do); it makes --loss ldam (+ drw) the default')
-    group.add_argument('--official-init', action='store_true',
-                       help='timm ResNets as the official RSG ImageNet-family code: no zero-init of the last BN of '
-                            'each block, RSG re-initialised by the backbone loop (rsg_init=backbone)')
-
-    group = parser.add_argument_group('RSG parameters (rsg_* models; defaults from the model)')
-    group.add_argument('--rsg-stage', type=int, default=None,
-                       help='insert RSG after this backbone stage (model default: 2 for CIFAR, 3 for ImageNet ResNets)')
-    group.add_argument('--rsg-n-center', type=int, default=None, help='class centres per class (model default 15)')
-    group.add_argument('--rsg-contrastive-dim', type=int, default=None,
-                       help="width of RSG's contrastive pair classifier (model default 256)")
-    group.add_argument('--rsg-strength', type=float, default=None,
-                       help='transfer strength in (0, 1]: the share of the batch\'s head/tail segments that generate '
-                            'rare-class samples; 1 (model default) generates the most the batch holds')
-    group.add_argument('--rsg-epoch-thresh', type=int, default=None,
-                       help='last CESC-only epoch; generation starts after it (default 80%% in, -1)')
-    group.add_argument('--rsg-head-ratio', type=float, default=None,
-                       help='share of the most frequent classes RSG treats as head (model default 0.2)')
-    group.add_argument('--rsg-cesc-weight', type=float, default=None,
-                       help='weight of the CESC loss (centre estimation, sample contrast; model default 0.1)')
-    group.add_argument('--rsg-mv-weight', type=float, default=None,
-                       help='weight of the MV (maximised vector) loss (model default 0.01)')
-
-    group = parser.add_argument_group('Optimizer parameters')
-    group.add_argument('--opt', default='momentum',
-                       help="momentum = plain SGD with momentum, as the RSG code; timm's sgd is Nesterov, with "
-                            "which RSG's centres diverge at lr 0.1")
-    group.add_argument('--lr', type=float, default=0.1)
-    group.add_argument('--momentum', type=float, default=0.9)
-    group.add_argument('--weight-decay', type=float, default=2e-4)
-    group.add_argument('--decay-all-params', action='store_true',
-                       help='weight-decay biases and norm weights too, as the official RSG/LDAM code does')
-    group.add_argument('--clip-grad', type=float, default=None)
-    group.add_argument('--clip-mode', default='norm')
-
-    group = parser.add_argument_group('Learning rate schedule parameters')
-    group.add_argument('--sched', default='multistep')
-    group.add_argument('--epochs', type=int, default=30)
-    group.add_argument('--warmup-epochs', type=int, default=4,
-                       help='with --warmup-lr 0.02: the RSG warm-up (scaled to a fifth of a shorter run)')
-    group.add_argument('--warmup-lr', type=float, default=0.02)
-    group.add_argument('--min-lr', type=float, default=0.0)
-    group.add_argument('--decay-milestones', type=int, nargs='+', default=None,
-                       help='multistep milestones; timm applies milestone m from epoch m - 1 (default: 80%% and 90%% in, '
-                            'so the LR drops one epoch before DRW and generation, as the RSG code)')
-    group.add_argument('--decay-epochs', type=float, default=30)
-    group.add_argument('--decay-rate', '--dr', type=float, default=0.01)
-    group.add_argument('--cooldown-epochs', type=int, default=0)
-
-    group = parser.add_argument_group('Device parameters')
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    group.add_argument('--amp', action='store_true', help='mixed precision with --amp-dtype')
-    group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
-
-    group = parser.add_argument_group('Miscellaneous parameters')
-    group.add_argument('--seed', type=int, default=42)
-    group.add_argument('--log-interval', type=int, default=50, help='log every this many steps')
-    group.add_argument('--log-seconds', type=float, default=10.0,
-                       help='without a progress bar, also log once this many seconds have passed (0: off)')
-    group.add_argument('--checkpoint-hist', type=int, default=3)
-    group.add_argument('-j', '--workers', type=int, default=2, help='loader workers for file-based datasets')
-    group.add_argument('--output', default='', help='runs go to OUTPUT/<experiment> (default ./output/train)')
-    group.add_argument('--experiment', default='',
-                       help='run folder name, which must be new (default: <time>-<model>-<dataset>[-<n>], unique)')
-    group.add_argument('--eval-metric', default='top1')
-    group.add_argument('--no-progress', action='store_true', help='log lines instead of a progress bar')
-    return parser
-
-
-def _arg_names(parser: argparse.ArgumentParser) -> set:
-    return {a.dest for a in parser._actions} - {'help', 'config'}
-
-
 def _command_line_names(remaining) -> set:
     """Argument names given on the command line (without ``--config``)."""
-    parser = _build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_known_args(remaining)[0]))
+    return set(vars(build_train_parser(suppress_defaults=True).parse_known_args(remaining)[0]))
 
 
 def _scale_config_switches(args: argparse.Namespace, cfg: dict, given: set, path: str) -> None:
@@ -264,11 +85,11 @@ def _read_config(path: str) -> dict:
 
 def _parse_args(argv=None) -> argparse.Namespace:
     args_config, remaining = config_parser.parse_known_args(argv)
-    parser = _build_parser()
+    parser = build_train_parser()
     cfg = {}
     if args_config.config:
         cfg = _read_config(args_config.config)
-        unknown = sorted(set(cfg) - _arg_names(parser))
+        unknown = sorted(set(cfg) - set(train_flags()))
         if unknown:
             parser.error(f'{args_config.config}: unknown keys {unknown} (keys are argument names, e.g. batch_size)')
         parser.set_defaults(**cfg)
@@ -277,11 +98,6 @@ def _parse_args(argv=None) -> argparse.Namespace:
     if cfg:
         _scale_config_switches(args, cfg, _command_line_names(remaining), args_config.config)
     return args
-
-
-# Flags that say where and how this process runs, not what the run is: --resume never takes them from the checkpoint.
-_NOT_RESTORED = {'config', 'resume', 'no_resume_opt', 'fork', 'output', 'experiment', 'device', 'workers',
-                 'log_interval', 'no_progress', 'check_data', 'dataset_download'}
 
 
 def _given_names(argv=None) -> set:
@@ -295,7 +111,7 @@ def _given_names(argv=None) -> set:
 
 def _restore_recipe(args: argparse.Namespace, saved: argparse.Namespace, given: set, path: str) -> None:
     """Put the resumed run's resolved flags back into ``args``, except those given now, and log what differs."""
-    names = _arg_names(_build_parser()) - _NOT_RESTORED
+    names = set(restored_on_resume())
     stored = {k: v for k, v in vars(saved).items() if k in names}
     overridden = []
     for name, value in stored.items():
@@ -312,7 +128,7 @@ def _report_recipe_changes(args: argparse.Namespace, checkpoint: dict, given: se
     run predates, or a default or rule changed between versions, would otherwise change its trajectory silently."""
     stored = vars(checkpoint.get('args') or argparse.Namespace())
     changed = []
-    for name in sorted(_arg_names(_build_parser()) - _NOT_RESTORED - given):
+    for name in sorted(set(restored_on_resume()) - given):
         flag = f'--{name.replace("_", "-")} {getattr(args, name)}'
         if name not in stored:
             changed.append(f'{flag} (the run predates the flag)')
@@ -339,8 +155,7 @@ def _load_resume(args: argparse.Namespace, argv) -> dict:
 def _write_args_yaml(path: str, args: argparse.Namespace) -> None:
     """Record the resolved flags (not the distributed bookkeeping), so the file works as a ``--config``; replaced in
     one step, and only when they changed, so no kill leaves a run without its recipe."""
-    names = _arg_names(_build_parser())
-    text = yaml.safe_dump({k: v for k, v in vars(args).items() if k in names}, sort_keys=False)
+    text = yaml.safe_dump({k: v for k, v in vars(args).items() if k in train_flags()}, sort_keys=False)
     if os.path.isfile(path):
         with open(path) as f:
             if f.read() == text:
@@ -358,7 +173,7 @@ def _warn_unused_profile(args: argparse.Namespace) -> None:
     """Say when class-profile flags shape nothing, since args.yaml records them as if they had."""
     if cuts_to_profile(args.dataset) and args.imb_type != 'none':
         return
-    parser = _build_parser()
+    parser = build_train_parser()
     unused = [f'--{name.replace("_", "-")} {getattr(args, name)}' for name in ('imb_factor', 'imb_select')
               if getattr(args, name) != parser.get_default(name)]
     if args.imb_type != 'none':  # a dataset with a fixed profile

@@ -40,15 +40,12 @@ from .models.classifier import COSINE_CLASSIFIER_KEY, cosine_to_linear, has_cosi
     set_cosine_classifier
 from .posthoc import training_logit_scale
 from .run_folder import read_run
+from .train_flags import published_args
 
 __all__ = ['strip_rsg', 'save_pretrained', 'load_class_counts', 'export_run']
 
 _logger = logging.getLogger(__name__)
 
-# args.yaml keys that describe the machine a run was trained on, not its recipe; left out of the published copy.
-_LOCAL_ARGS = ('data_dir', 'output', 'experiment', 'resume', 'no_resume_opt', 'fork', 'pretrained_path',
-               'initial_checkpoint', 'device', 'workers', 'no_progress', 'log_interval', 'checkpoint_hist',
-               'dataset_download')
 _EXPORT_FILES = ('config.json', 'model.safetensors')
 _RECORD_FILES = ('summary.csv', 'per_class.csv', 'curves.png', 'per_class.png')  # figures: [plot] extra
 _PACKAGE = __package__  # 'rsg_timm'
@@ -207,8 +204,7 @@ def export_run(run_dir: PathLike, out_dir: PathLike, *, repo_id: str = 'ORG/NAME
         timm_logger.setLevel(level)
     (out_dir / 'README.md').write_text(create_model_card(run, config, repo_id, needs_plugin, num_params),
                                        encoding='utf-8')
-    recipe = {k: v for k, v in run.args.items() if k not in _LOCAL_ARGS}
-    (out_dir / 'args.yaml').write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (out_dir / 'args.yaml').write_text(yaml.safe_dump(published_args(run.args), sort_keys=False))
     for name in _RECORD_FILES:
         if (run.run_dir / name).is_file():
             shutil.copyfile(run.run_dir / name, out_dir / name)

@@ -24,8 +24,8 @@ from .data.list_lt import LIST_LT_SPECS, folder_split_dir
 from .metrics import shot_split
 from .models import COSINE_CLASSIFIER_KEY, backbone_arch, is_rsg_model
 from .posthoc import training_logit_scale
-from .recipes import RSG_FLAGS
 from .run_folder import TrainingRun
+from .train_flags import FlagKind, flag_names, train_flags
 from .version import __version__
 
 __all__ = ['create_model_card', 'markdown_table', 'RSG_BIBTEX']
@@ -73,38 +73,27 @@ def _sgd_family(args: Dict[str, Any]) -> bool:
     return any(name in opt for name in ('sgd', 'momentum', 'nesterov', 'rmsprop', 'lars'))
 
 
-# args.yaml keys shown as the recipe, in this order, with the condition under which each acts on the weights (a flag
-# that did not act, e.g. --momentum under AdamW, is left out). Unset (None) and off (False) flags are left out too.
-_RECIPE: Tuple[Tuple[str, Optional[Callable[[Dict[str, Any]], bool]]], ...] = (
-    ('model', None), ('pretrained', None), ('pretrained_path', None), ('initial_checkpoint', None),
-    ('fork', None), ('model_kwargs', None), ('drop', None), ('drop_path', None), ('cosine_classifier', None),
-    ('official_init', None), ('crop_pct', None), ('interpolation', None), ('mean', None), ('std', None),
-    ('dataset', None), ('train_split', lambda a: a.get('train_split') != 'train'),
-    ('imb_type', _cut), ('imb_factor', _cut), ('imb_select', _cut),
-    ('sampler', None), ('drs_epoch', lambda a: a.get('sampler') == 'deferred'),
-    ('drs_shuffle', lambda a: a.get('sampler') == 'deferred'),
-    ('loss', None), ('focal_gamma', _loss('focal')), ('ldam_max_m', _loss('ldam')), ('ldam_s', _loss('ldam')),
-    ('la_tau', _loss('logit_adjusted')),
-    ('reweight', None), ('drw_epoch', lambda a: a.get('reweight') == 'drw'),
-    ('cb_beta', lambda a: a.get('reweight') in ('cb', 'drw') or a.get('sampler') == 'deferred'),
-    ('epochs', None), ('batch_size', None), ('dp_replicas', lambda a: a.get('dp_replicas') != 1),
-    ('opt', None), ('lr', None), ('momentum', _sgd_family), ('weight_decay', None), ('decay_all_params', None),
-    ('clip_grad', None), ('clip_mode', lambda a: bool(a.get('clip_grad'))),
-    ('sched', None), ('decay_milestones', lambda a: a.get('sched') == 'multistep'),
-    ('decay_epochs', lambda a: a.get('sched') == 'step'),
-    ('decay_rate', lambda a: a.get('sched') in ('step', 'multistep', 'plateau')),
-    ('min_lr', lambda a: bool(a.get('min_lr')) and a.get('sched') not in ('step', 'multistep')),
-    ('warmup_epochs', None), ('warmup_lr', lambda a: bool(a.get('warmup_epochs'))),
-    ('cooldown_epochs', lambda a: bool(a.get('cooldown_epochs'))),
-    ('amp', None), ('amp_dtype', lambda a: bool(a.get('amp'))), ('seed', None),
-    *((name, None) for name in RSG_FLAGS),
-    ('select_on', lambda a: a.get('select_on') != 'last'), ('eval_metric', lambda a: a.get('select_on') == 'val'),
-)
-# train.py flags that do not shape the weights, besides export's machine-specific ones: how the run was executed or
-# evaluated (the image size has its own row, the evaluated split its own sentence).
-NOT_RECIPE_ARGS = ('config', 'log_seconds', 'check_data', 'channels_last', 'grad_checkpointing', 'torchcompile',
-                   'validation_batch_size', 'num_classes', 'val_split', 'test_split', 'img_size')
-RECIPE_ARGS = tuple(dict.fromkeys(name for name, _ in _RECIPE))
+# When a recipe flag acted on the weights, for those that do not always (a flag that did not act, e.g. --momentum
+# under AdamW, is left out of the card). Unset (None) and off (False) flags are left out too.
+_ACTS_WHEN: Dict[str, Callable[[Dict[str, Any]], bool]] = {
+    'train_split': lambda a: a.get('train_split') != 'train',
+    'imb_type': _cut, 'imb_factor': _cut, 'imb_select': _cut,
+    'drs_epoch': lambda a: a.get('sampler') == 'deferred', 'drs_shuffle': lambda a: a.get('sampler') == 'deferred',
+    'focal_gamma': _loss('focal'), 'ldam_max_m': _loss('ldam'), 'ldam_s': _loss('ldam'),
+    'la_tau': _loss('logit_adjusted'),
+    'drw_epoch': lambda a: a.get('reweight') == 'drw',
+    'cb_beta': lambda a: a.get('reweight') in ('cb', 'drw') or a.get('sampler') == 'deferred',
+    'dp_replicas': lambda a: a.get('dp_replicas') != 1,
+    'momentum': _sgd_family, 'clip_mode': lambda a: bool(a.get('clip_grad')),
+    'decay_milestones': lambda a: a.get('sched') == 'multistep', 'decay_epochs': lambda a: a.get('sched') == 'step',
+    'decay_rate': lambda a: a.get('sched') in ('step', 'multistep', 'plateau'),
+    'min_lr': lambda a: bool(a.get('min_lr')) and a.get('sched') not in ('step', 'multistep'),
+    'warmup_lr': lambda a: bool(a.get('warmup_epochs')), 'cooldown_epochs': lambda a: bool(a.get('cooldown_epochs')),
+    'amp_dtype': lambda a: bool(a.get('amp')),
+    'select_on': lambda a: a.get('select_on') != 'last', 'eval_metric': lambda a: a.get('select_on') == 'val',
+}
+# The recipe rows: train.py's recipe flags in --help order; the image size has a row of its own, first.
+_RECIPE_ROWS = tuple(name for name in flag_names(FlagKind.RECIPE, FlagKind.RSG) if name != 'img_size')
 _RESULT_KEYS = ('top1', 'top5', 'many', 'medium', 'few', 'ece')
 # Figures a run folder may hold (train.py writes them with the [plot] extra), shown in the card when present.
 _FIGURES = (('curves.png', 'Training curves'), ('per_class.png', 'Per-class accuracy against training images'))
@@ -359,11 +348,11 @@ def _recipe_rows(args: Dict[str, Any], config: Dict[str, Any], last_epoch: int) 
     size = f'{height} x {width}' + (f' (`--img-size {args["img_size"]}`)' if args.get('img_size') else
                                     " (the model's default)")
     rows = [('image size', size)]
-    for key, acts in _RECIPE:
+    for key in _RECIPE_ROWS:
         value = args.get(key)
-        if value is None or value is False or value in ('', {}) or (acts is not None and not acts(args)):
+        if value is None or value is False or value in ('', {}) or (key in _ACTS_WHEN and not _ACTS_WHEN[key](args)):
             continue
-        if key in ('fork', 'pretrained_path', 'initial_checkpoint'):
+        if train_flags()[key].path:
             value = Path(str(value)).name  # a path on the training machine: its file name says enough
         shown = ' '.join(map(str, value)) if isinstance(value, (list, tuple)) else \
             ' '.join(f'{k}={v}' for k, v in value.items()) if isinstance(value, dict) else str(value)

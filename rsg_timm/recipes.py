@@ -23,16 +23,14 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from .checkpoint import load_training_checkpoint
 from .models import backbone_arch, backbone_stage_names, check_rsg_family, check_state_dict_fits, fill_fresh_rsg, \
     is_rsg_model, set_cosine_classifier, supports_cosine_classifier, unwrap_checkpoint
+from .train_flags import RSG_FLAGS
 
-__all__ = ['RSG_FLAGS', 'LATE_PHASE', 'LAST_DECAY', 'EPOCH_SWITCHES', 'scaled_schedule', 'rescale_schedule',
+__all__ = ['LATE_PHASE', 'LAST_DECAY', 'EPOCH_SWITCHES', 'scaled_schedule', 'rescale_schedule',
            'phases_out_of_reach', 'resolve_recipe', 'create_recipe_model', 'create_recipe_optimizer',
            'create_lr_scheduler']
 
 _logger = logging.getLogger(__name__)
 
-# The flags of an rsg_* model's RSG module (they go to timm.create_model as its kwargs).
-RSG_FLAGS = ('rsg_stage', 'rsg_n_center', 'rsg_contrastive_dim', 'rsg_strength', 'rsg_epoch_thresh',
-             'rsg_head_ratio', 'rsg_cesc_weight', 'rsg_mv_weight')
 # Where the late phase starts (LR decay, DRW, deferred re-sampling, RSG's generation) and the last LR decay, as
 # shares of the run.
 LATE_PHASE, LAST_DECAY = 0.8, 0.9

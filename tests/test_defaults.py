@@ -1,6 +1,7 @@
 """train.py's defaults and log: the recipe follows the classifier head, a diverging run stops with its likely cause,
 the help shows defaults, and the log reads CE first with progress and the resolved configuration."""
 import logging
+import re
 
 import pytest
 import timm
@@ -10,6 +11,7 @@ from rsg_timm.engine import DIVERGED_CE, DivergedError, check_divergence, train_
 
 from rsg_timm.models import has_cosine_classifier
 from rsg_timm.recipes import resolve_recipe
+from rsg_timm.train_flags import FlagKind, build_train_parser, flag_names
 from helpers import load_script
 
 train_script = load_script('train.py')
@@ -66,13 +68,13 @@ def test_rsg_of_a_family_without_an_adapter_names_the_supported_ones():
 
 
 def test_help_lists_config_defaults_and_every_rsg_flag():
-    parser = train_script._build_parser()
-    text = parser.format_help()
+    text = build_train_parser().format_help()
     assert '--config FILE' in text and '(default: 0.1)' in text  # --lr
     assert '--no-progress' in text and '(default: False)' in text
-    for action in parser._actions:
-        if action.dest.startswith('rsg_'):
-            assert action.help and 'default' in action.help, action.dest
+    for section in text.split('\n\n'):
+        if section.startswith('RSG parameters'):
+            flags = re.split(r'\n  (?=--)', section)[1:]
+            assert len(flags) == len(flag_names(FlagKind.RSG)) and all('default' in f for f in flags), flags
 
 
 def test_check_divergence_names_the_cause():

@@ -401,7 +401,8 @@ def test_resume_takes_the_recipe_but_not_how_the_run_was_started_or_run():
                                       'cuda:3', '--output', 'elsewhere', '-j', '8'])
     train_script._restore_recipe(args, saved, train_script._given_names(['--resume', 'RUN', '--lr', '0.3']), 'RUN')
     assert (args.epochs, args.lr) == (4, 0.3)  # the run's recipe, except what is given now
-    assert (args.fork, args.output, args.workers, args.resume) == ('', '', 2, 'RUN')
+    assert (args.output, args.workers, args.resume) == ('', 2, 'RUN')
+    assert args.fork == 'OTHER/last.pth.tar'  # where the run branched off stays in its args.yaml and on its card
     assert args.device != 'cuda:3'
 
 
