@@ -26,8 +26,8 @@ from timm.utils import distribute_bn, init_distributed_device, is_primary, rando
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.atomic import atomic_write
 from rsg_timm.cli import run_cli, set_interrupt_hint
-from rsg_timm.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, VERSION_KEY, CheckpointError, RunCheckpointSaver, \
-    RunState, find_resume_checkpoint, load_training_checkpoint
+from rsg_timm.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointError, RunCheckpointSaver, RunState, \
+    load_training_checkpoint
 from rsg_timm.data import ShardSampler, create_lt_dataset, create_lt_loader, create_sampler, cuts_to_profile, \
     default_imb_type, sampler_kwargs
 from rsg_timm.data_parallel import EmulatedDataParallel
@@ -39,7 +39,7 @@ from rsg_timm.models import is_rsg_model
 from rsg_timm.posthoc import training_logit_scale
 from rsg_timm.recipes import EPOCH_SWITCHES, create_lr_scheduler, create_recipe_model, create_recipe_optimizer, \
     rescale_schedule, resolve_recipe
-from rsg_timm.resume import fork_run, resume_run
+from rsg_timm.resume import ResumedRun, fork_run
 from rsg_timm.run_folder import append_summary, create_run_dir, lock_run_dir, new_run_dir, truncate_summary
 from rsg_timm.train_flags import build_train_parser, restored_on_resume, train_flags
 
@@ -107,49 +107,6 @@ def _given_names(argv=None) -> set:
     if args_config.config:
         given |= set(_read_config(args_config.config))
     return given
-
-
-def _restore_recipe(args: argparse.Namespace, saved: argparse.Namespace, given: set, path: str) -> None:
-    """Put the resumed run's resolved flags back into ``args``, except those given now, and log what differs."""
-    names = set(restored_on_resume())
-    stored = {k: v for k, v in vars(saved).items() if k in names}
-    overridden = []
-    for name, value in stored.items():
-        if name not in given:
-            setattr(args, name, value)
-        elif getattr(args, name) != value:
-            overridden.append(f'--{name.replace("_", "-")} {getattr(args, name)} (the run had {value})')
-    _logger.info(f'Restored the run\'s flags from {path}' + (f'; overridden: {", ".join(overridden)}' if overridden
-                                                              else ''))
-
-
-def _report_recipe_changes(args: argparse.Namespace, checkpoint: dict, given: set, path: str) -> None:
-    """List the recipe flags that resolve differently now than in the resumed run and were not given now: a flag the
-    run predates, or a default or rule changed between versions, would otherwise change its trajectory silently."""
-    stored = vars(checkpoint.get('args') or argparse.Namespace())
-    changed = []
-    for name in sorted(set(restored_on_resume()) - given):
-        flag = f'--{name.replace("_", "-")} {getattr(args, name)}'
-        if name not in stored:
-            changed.append(f'{flag} (the run predates the flag)')
-        elif stored[name] != getattr(args, name):
-            changed.append(f'{flag} (the run had {stored[name]})')
-    if changed:
-        version = checkpoint.get(VERSION_KEY)
-        _logger.warning(f'{path} was written by {f"rsg_timm {version}" if version else "an unrecorded version"}, '
-                        f'this is rsg_timm {rsg_timm.__version__}; the resumed recipe differs in: '
-                        f'{", ".join(changed)}. Pass the run\'s values explicitly to keep them.')
-
-
-def _load_resume(args: argparse.Namespace, argv) -> dict:
-    """Find and read the ``--resume`` checkpoint, and restore the run's flags into ``args``."""
-    args.resume = find_resume_checkpoint(args.resume)
-    checkpoint = load_training_checkpoint(args.resume)
-    if isinstance(checkpoint.get('args'), argparse.Namespace):
-        _restore_recipe(args, checkpoint['args'], _given_names(argv), args.resume)
-    else:
-        _logger.warning(f'{args.resume} stores no flags: the run continues with the flags given now')
-    return checkpoint
 
 
 def _write_args_yaml(path: str, args: argparse.Namespace) -> None:
@@ -247,14 +204,6 @@ def _last_good_checkpoint(args: argparse.Namespace, output_dir: str, epoch: int,
             f'with --{"fork" if path == args.fork else "resume"} {path} and the changed flag.')
 
 
-def _ended(run_dir: str) -> bool:
-    """Whether a run wrote all it writes at its end: the export, the figures, then ``per_class.csv``, each replaced
-    whole; and its ``args.yaml`` is intact (a resume writes it again)."""
-    args_yaml = os.path.join(run_dir, 'args.yaml')
-    return os.path.isfile(os.path.join(run_dir, 'per_class.csv')) and os.path.isfile(args_yaml) and \
-        os.path.getsize(args_yaml) > 0
-
-
 def _format_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
 
@@ -273,13 +222,11 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     if args.checkpoint_hist < 1:
         raise ValueError(f'--checkpoint-hist {args.checkpoint_hist}: it is how many of the best epochs\' checkpoints '
                          f'to keep, at least 1 (model_best.pth.tar and last.pth.tar are always kept)')
-    checkpoint = _load_resume(args, argv) if args.resume else None
+    resumed = ResumedRun.open(args, _given_names(argv), restored_on_resume()) if args.resume else None
     if args.imb_type is None:
         args.imb_type = default_imb_type(args.dataset)
     _warn_unused_profile(args)
     resolve_recipe(args)
-    if checkpoint is not None:
-        _report_recipe_changes(args, checkpoint, _given_names(argv), args.resume)
     output_dir = new_run_dir(args)
     device = init_distributed_device(args)
     if args.resume and is_primary(args):  # before any work: another process may be writing this folder
@@ -310,7 +257,7 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     loader_kwargs = dict(dataset_name=args.dataset, data_config=data_config, device=device,
-                         num_workers=args.workers, channels_last=args.channels_last, seed=args.seed)
+                         num_workers=args.workers, channels_last=args.channels_last, seed=args.seed, rank=args.rank)
     train_loader = create_lt_loader(train_set, batch_size=args.batch_size, is_training=True,
                                     sampler=create_sampler(args.sampler, train_set, **sampler_kwargs(args)),
                                     **loader_kwargs)
@@ -328,15 +275,10 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
     reweight = create_reweight(args.reweight, class_counts, beta=args.cb_beta, drw_epoch=args.drw_epoch)
 
     start_epoch = 0
-    if args.resume:
-        start_epoch = resume_run(checkpoint, args.resume, model, optimizer, loss_scaler, class_counts,
-                              not args.no_resume_opt)
+    if resumed is not None:
+        start_epoch = resumed.restore_state(args, model, optimizer, loss_scaler, class_counts, num_epochs, output_dir)
     elif args.fork:
         start_epoch = fork_run(args.fork, model, optimizer, class_counts)
-    if args.resume and start_epoch >= num_epochs and _ended(output_dir):  # else its end is completed below
-        raise ValueError(f'{args.resume}: the run finished (epochs 0-{start_epoch - 1} trained of {num_epochs}), so '
-                         f'there is nothing to resume; its results are in {os.path.dirname(args.resume)}. To train '
-                         f'it longer, pass --epochs greater than {num_epochs}')
     if start_epoch:
         lr_scheduler.step(start_epoch)
     train_model = model
@@ -356,8 +298,8 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
         saver = RunCheckpointSaver(model, optimizer, args=args, amp_scaler=loss_scaler, checkpoint_dir=output_dir,
                                    recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
                                    max_history=args.checkpoint_hist, task=run)
-        if args.resume:
-            saver.restore(checkpoint, args.resume)
+        if resumed is not None:
+            saver.restore(resumed.checkpoint, resumed.path)
         # rows of epochs not checkpointed: after a kill, a resume from an earlier epoch, or a restart of a run that
         # died before its first checkpoint
         truncate_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
@@ -366,7 +308,7 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
                      f'{class_counts}; writing to {output_dir}')
         _logger.info(_describe_run(args, model, device, amp_dtype))
         set_interrupt_hint(lambda: _resume_hint(output_dir))  # Ctrl-C (run_cli) says how to continue
-    checkpoint = None  # the resumed state is in place; free its tensors
+    resumed = None  # the resumed state is in place; free its tensors
 
     progress = is_primary(args) and not args.no_progress and sys.stderr.isatty()
     evaluate_on = functools.partial(

@@ -30,7 +30,7 @@ from rsg_timm.cli import run_cli  # noqa: E402
 from rsg_timm.model_card import markdown_table  # noqa: E402
 from rsg_timm.models import is_rsg_model  # noqa: E402
 from rsg_timm.recipes import scaled_schedule  # noqa: E402
-from rsg_timm.run_folder import read_run  # noqa: E402
+from rsg_timm.run_folder import read_run, run_finished  # noqa: E402
 
 _logger = logging.getLogger('reproduce')
 
@@ -111,10 +111,6 @@ def _run_name(config: Path, epochs: Optional[int]) -> str:
     return config.stem + (f'-e{epochs}' if epochs else '')
 
 
-def _is_finished(run_dir: Path) -> bool:
-    return (run_dir / 'model.safetensors').is_file() and (run_dir / 'summary.csv').is_file()
-
-
 def _result_row(set_name: str, method: str, run_dir: Path) -> Dict[str, object]:
     run = read_run(run_dir)
     last, best = run.last, run.best
@@ -180,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[pd.DataFrame]:
         runs[method] = run_dir
         if args.dry_run:
             print(subprocess.list2cmdline(command))
-        elif _is_finished(run_dir):
+        elif run_finished(run_dir):
             _logger.info(f'{method}: {run_dir} is finished; reusing it (delete it to train again)')
         else:
             _logger.info(f'{method}: {subprocess.list2cmdline(command)}')

@@ -24,6 +24,7 @@ from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
 from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check_rsg_family, check_state_dict_fits, \
     create_cosine_model, fill_fresh_rsg, find_official_head, has_cosine_classifier, is_rsg_model, linear_to_cosine, \
     supports_cosine_classifier, unwrap_checkpoint
+from .rng import rng_states
 from .version import __version__
 
 __all__ = ['CheckpointError', 'RunCheckpointSaver', 'RunState', 'checkpoint_extras', 'find_resume_checkpoint',
@@ -53,7 +54,7 @@ def checkpoint_extras(
         # rsg_* models know their backbone's kwargs; timm >= 1.0.31 records a plain model's create_model kwargs.
         'backbone_kwargs': dict(getattr(model, 'backbone_kwargs', None)
                                 or dict(getattr(model, '_model_args', {}), num_classes=model.num_classes)),
-        'rng_state': torch.get_rng_state(),
+        **rng_states(),  # a resumed or forked run draws what the uninterrupted one would have
         VERSION_KEY: __version__,  # a resume under another version lists what resolves differently
     }
     if isinstance(model, ResNet) and has_cosine_classifier(model):  # set after creation, so not in the kwargs

@@ -1,24 +1,35 @@
 """Continuing training from a checkpoint: the same run (``train.py --resume``) or a new run branched off another's
 (``train.py --fork``), e.g. a plain backbone off an rsg_* run before RSG's generation phase.
 
+A resumed run takes back the run's flags and its whole training state (weights, optimizer, AMP scaler, epoch and
+random generators), so that it goes on as if it had not stopped; a fork keeps the flags given now and takes the
+state of the tensors both models share.
+
 Hacked together for rsg_timm; Apache-2.0.
 """
 import argparse
 import logging
-from typing import Any, Dict, List, Optional, Sequence
+from typing import AbstractSet, Any, Collection, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from timm.utils import unwrap_model
 
-from .checkpoint import load_training_checkpoint
+from .checkpoint import VERSION_KEY, find_resume_checkpoint, load_training_checkpoint
 from .constants import CLASS_COUNTS_KEY
 from .models import CheckpointError, check_state_dict_fits
 from .recipes import create_recipe_model, create_recipe_optimizer
+from .rng import restore_rng_states
+from .run_folder import run_finished
+from .version import __version__
 
-__all__ = ['check_class_counts', 'resume_run', 'fork_run', 'fork_training_state']
+__all__ = ['ResumedRun', 'restore_flags', 'check_class_counts', 'fork_run', 'fork_training_state']
 
 _logger = logging.getLogger(__name__)
+
+
+def _flag(name: str) -> str:
+    return f'--{name.replace("_", "-")}'
 
 
 def check_class_counts(checkpoint: Dict[str, Any], class_counts: Sequence[int], source: str, verb: str) -> None:
@@ -28,21 +39,90 @@ def check_class_counts(checkpoint: Dict[str, Any], class_counts: Sequence[int], 
                               f'{class_counts}: {verb} with the same dataset flags')
 
 
-def resume_run(checkpoint: Dict[str, Any], path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-               loss_scaler: Optional[torch.amp.GradScaler], class_counts: Sequence[int],
-               restore_optimizer: bool = True) -> int:
-    """Restore model (RSG included), optimizer, AMP scaler and RNG; returns the epoch to start from."""
-    check_class_counts(checkpoint, class_counts, f'{path} was', 'resume')
-    check_state_dict_fits(checkpoint['state_dict'], model, path)
-    model.load_state_dict(checkpoint['state_dict'])
-    if restore_optimizer and 'optimizer' in checkpoint:
-        optimizer.load_state_dict(checkpoint['optimizer'])
-    if loss_scaler is not None and 'amp_scaler' in checkpoint:
-        loss_scaler.load_state_dict(checkpoint['amp_scaler'])
-    if 'rng_state' in checkpoint:
-        torch.set_rng_state(checkpoint['rng_state'])
-    _logger.info(f'Resumed from {path} (epoch {checkpoint["epoch"]})')
-    return int(checkpoint['epoch']) + 1
+def restore_flags(args: argparse.Namespace, saved: argparse.Namespace, given: AbstractSet[str],
+                  restorable: Collection[str], source: str) -> None:
+    """Put the run's flags ``saved`` (those in ``restorable``) back into ``args``, except those ``given`` now (on the
+    command line or by ``--config``), and log what was given differently."""
+    stored = {k: v for k, v in vars(saved).items() if k in set(restorable)}
+    overridden = []
+    for name, value in stored.items():
+        if name not in given:
+            setattr(args, name, value)
+        elif getattr(args, name) != value:
+            overridden.append(f'{_flag(name)} {getattr(args, name)} (the run had {value})')
+    _logger.info(f'Restored the run\'s flags from {source}' + (f'; overridden: {", ".join(overridden)}' if overridden
+                                                                else ''))
+
+
+class ResumedRun:
+    """The run ``--resume`` continues, read once and restored in the two steps the training script's order needs:
+    :meth:`open` puts the run's flags back before the recipe is resolved and the model built, :meth:`restore_state`
+    the training state once they are.
+
+    Attributes:
+        path: the checkpoint file resumed from.
+        checkpoint: its contents (``RunCheckpointSaver.restore`` continues its history from them).
+    """
+
+    def __init__(self, path: str, checkpoint: Dict[str, Any], given: AbstractSet[str], restorable: Collection[str]):
+        self.path, self.checkpoint = path, checkpoint
+        self._given, self._restorable = frozenset(given), tuple(restorable)
+
+    @classmethod
+    def open(cls, args: argparse.Namespace, given: AbstractSet[str], restorable: Collection[str]) -> 'ResumedRun':
+        """Read the checkpoint ``args.resume`` names (a file, or a run folder's ``last.pth.tar``, which
+        ``args.resume`` then names) and restore the run's ``restorable`` flags into ``args``, except those ``given``
+        now (on the command line or by ``--config``)."""
+        args.resume = find_resume_checkpoint(args.resume)
+        run = cls(args.resume, load_training_checkpoint(args.resume), given, restorable)
+        saved = run.checkpoint.get('args')
+        if isinstance(saved, argparse.Namespace):
+            restore_flags(args, saved, run._given, run._restorable, run.path)
+        else:
+            _logger.warning(f'{run.path} stores no flags: the run continues with the flags given now')
+        return run
+
+    def restore_state(self, args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      loss_scaler: Optional[torch.amp.GradScaler], class_counts: Sequence[int], num_epochs: int,
+                      run_dir: str) -> int:
+        """Restore model (RSG included), optimizer (unless ``--no-resume-opt``), AMP scaler and random generators, on
+        the data the run was trained on; returns the epoch to start from. A run that trained all ``num_epochs`` and
+        wrote everything into ``run_dir`` is refused: there is nothing to resume."""
+        self._report_recipe_changes(args)
+        checkpoint = self.checkpoint
+        check_class_counts(checkpoint, class_counts, f'{self.path} was', 'resume')
+        check_state_dict_fits(checkpoint['state_dict'], model, self.path)
+        start_epoch = int(checkpoint['epoch']) + 1
+        if start_epoch >= num_epochs and run_finished(run_dir):  # else its end is completed
+            raise ValueError(f'{self.path}: the run finished (epochs 0-{start_epoch - 1} trained of {num_epochs}), so '
+                             f'there is nothing to resume; its results are in {run_dir}. To train it longer, pass '
+                             f'--epochs greater than {num_epochs}')
+        model.load_state_dict(checkpoint['state_dict'])
+        if not args.no_resume_opt and 'optimizer' in checkpoint:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        if loss_scaler is not None and 'amp_scaler' in checkpoint:
+            loss_scaler.load_state_dict(checkpoint['amp_scaler'])
+        restore_rng_states(checkpoint, self.path)
+        _logger.info(f'Resumed from {self.path} (epoch {checkpoint["epoch"]})')
+        return start_epoch
+
+    def _report_recipe_changes(self, args: argparse.Namespace) -> None:
+        """Warn of the restorable flags that resolve differently now than in the run and were not given now: a flag
+        the run predates, or a default or rule changed between versions, would otherwise change its trajectory
+        silently."""
+        stored = vars(self.checkpoint.get('args') or argparse.Namespace())
+        changed = []
+        for name in sorted(set(self._restorable) - self._given):
+            flag = f'{_flag(name)} {getattr(args, name)}'
+            if name not in stored:
+                changed.append(f'{flag} (the run predates the flag)')
+            elif stored[name] != getattr(args, name):
+                changed.append(f'{flag} (the run had {stored[name]})')
+        if changed:
+            version = self.checkpoint.get(VERSION_KEY)
+            writer = f'rsg_timm {version}' if version else 'an unrecorded version'
+            _logger.warning(f'{self.path} was written by {writer}, this is rsg_timm {__version__}; the resumed recipe '
+                            f'differs in: {", ".join(changed)}. Pass the run\'s values explicitly to keep them.')
 
 
 def fork_run(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, class_counts: Sequence[int]) -> int:
@@ -59,7 +139,7 @@ def fork_run(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, clas
     source_optimizer = create_recipe_optimizer(source_args, source)
     source_optimizer.load_state_dict(checkpoint['optimizer'])
     dropped = fork_training_state(source, source_optimizer, unwrap_model(model), optimizer, source_name=path)
-    torch.set_rng_state(checkpoint['rng_state'])
+    restore_rng_states(checkpoint, f'--fork {path}')
     _logger.info(f'Forked from {path} ({source_args.model}, epoch {checkpoint["epoch"]}); dropped {len(dropped)} '
                  f'tensors the new model lacks: {", ".join(dropped[:4])}{", ..." if len(dropped) > 4 else ""}')
     return int(checkpoint['epoch']) + 1

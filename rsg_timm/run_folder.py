@@ -25,7 +25,7 @@ import yaml
 
 from .atomic import atomic_write
 
-__all__ = ['TrainingRun', 'read_run', 'read_args_yaml', 'died_before_first_checkpoint', 'new_run_dir',
+__all__ = ['TrainingRun', 'read_run', 'read_args_yaml', 'run_finished', 'died_before_first_checkpoint', 'new_run_dir',
            'create_run_dir', 'lock_run_dir', 'truncate_summary', 'append_summary', 'LOCK_FILE']
 
 LOCK_FILE = '.train.lock'
@@ -93,6 +93,15 @@ def read_args_yaml(path: Any) -> Dict[str, Any]:
         raise ValueError(f'{path} is empty or not a mapping of flags, so the run\'s recipe is unknown; in a run '
                          f'folder, python train.py --resume {Path(path).parent} writes it again from the checkpoint')
     return args
+
+
+def run_finished(run_dir: Any) -> bool:
+    """Whether a run wrote all it writes at its end: the export, the figures, then ``per_class.csv``, each replaced
+    whole; and its ``args.yaml`` is intact (a resume writes it again). A run stopped before (a kill, a full disk) is
+    completed by ``--resume``."""
+    run_dir = Path(run_dir)
+    args_yaml = run_dir / 'args.yaml'
+    return (run_dir / 'per_class.csv').is_file() and args_yaml.is_file() and args_yaml.stat().st_size > 0
 
 
 def died_before_first_checkpoint(run_dir: str) -> bool:

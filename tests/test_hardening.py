@@ -16,6 +16,8 @@ from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval
     load_training_checkpoint
 from rsg_timm.data import create_lt_dataset
 from rsg_timm.models.pretrained import add_pretrained
+from rsg_timm.resume import restore_flags
+from rsg_timm.train_flags import restored_on_resume
 
 from helpers import load_script
 
@@ -399,7 +401,8 @@ def test_resume_takes_the_recipe_but_not_how_the_run_was_started_or_run():
     args = train_script._parse_args(['--resume', 'RUN', '--lr', '0.3'])
     saved = train_script._parse_args(['--lr', '0.05', '--epochs', '4', '--fork', 'OTHER/last.pth.tar', '--device',
                                       'cuda:3', '--output', 'elsewhere', '-j', '8'])
-    train_script._restore_recipe(args, saved, train_script._given_names(['--resume', 'RUN', '--lr', '0.3']), 'RUN')
+    restore_flags(args, saved, train_script._given_names(['--resume', 'RUN', '--lr', '0.3']), restored_on_resume(),
+                  'RUN')
     assert (args.epochs, args.lr) == (4, 0.3)  # the run's recipe, except what is given now
     assert (args.output, args.workers, args.resume) == ('', 2, 'RUN')
     assert args.fork == 'OTHER/last.pth.tar'  # where the run branched off stays in its args.yaml and on its card

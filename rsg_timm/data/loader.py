@@ -2,7 +2,8 @@
 
 In-memory datasets (CIFAR-LT, the demo) are batched and augmented as whole tensors on the device
 (``TensorBatchLoader``); file-based ones go through a regular ``DataLoader`` with per-image transforms. Both
-expose ``__len__`` and ``set_epoch`` so the engine treats them the same.
+expose ``__len__`` and ``set_epoch`` so the engine treats them the same, and both draw an epoch's augmentations from
+the run's seed and the epoch alone, so a resumed run sees the batches the uninterrupted run saw.
 """
 import functools
 import logging
@@ -111,9 +112,22 @@ class TensorBatchLoader:
 
 
 class _EpochDataLoader(DataLoader):
-    """A ``DataLoader`` whose ``set_epoch`` reaches its sampler, like ``TensorBatchLoader``'s."""
+    """A ``DataLoader`` whose ``set_epoch`` reaches its sampler, like ``TensorBatchLoader``'s, and reseeds its workers.
+
+    torch seeds each worker's ``torch``, ``random`` and numpy from one base seed drawn when the epoch's workers
+    start; the draw comes from this loader's generator, seeded from ``(seed, epoch, rank)``, and not from the global
+    generator, whose state at a resumed epoch's start would differ. Training workers therefore start afresh each
+    epoch (persistent workers would keep the first epoch's seeds).
+    """
+
+    def __init__(self, dataset: Dataset, *, seed: int, rank: int, **kwargs):
+        super().__init__(dataset, generator=torch.Generator(), **kwargs)
+        self.seed, self.rank = seed, rank
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        entropy = np.random.SeedSequence([self.seed, int(epoch), self.rank]).generate_state(1, np.uint64)[0]
+        self.generator.manual_seed(int(entropy))
         if hasattr(self.sampler, 'set_epoch'):
             self.sampler.set_epoch(epoch)
 
@@ -130,6 +144,7 @@ def create_lt_loader(
         num_workers: int = 0,
         channels_last: bool = False,
         seed: int = 0,
+        rank: int = 0,
 ) -> Iterable:
     """Batches ``(images float [B, C, H, W], labels [B])`` of ``dataset``.
 
@@ -145,7 +160,9 @@ def create_lt_loader(
         device: where in-memory batches are built; file-based batches stay on the CPU for the engine to move.
         num_workers: worker processes of the file-based loader, at most one per available CPU core.
         channels_last: in-memory batches in ``channels_last`` format.
-        seed: base seed of the in-memory augmentation.
+        seed: base seed of the augmentation: of the in-memory batches, or of the file-based loader's workers.
+        rank: this process's rank in distributed training, so that each rank's workers draw their own
+            augmentations.
     """
     num_items = len(sampler) if sampler is not None else len(dataset)
     drop_last = is_training and num_items >= batch_size
@@ -158,6 +175,7 @@ def create_lt_loader(
                                  device=device, drop_last=drop_last, channels_last=channels_last, seed=seed)
     dataset.transform = build_transform(dataset_name, is_training, data_config)
     num_workers = available_workers(num_workers)
-    return _EpochDataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                            drop_last=drop_last, pin_memory=torch.device(device).type == 'cuda',
-                            persistent_workers=num_workers > 0)
+    return _EpochDataLoader(dataset, seed=seed, rank=rank, batch_size=batch_size, sampler=sampler, shuffle=False,
+                            num_workers=num_workers, drop_last=drop_last,
+                            pin_memory=torch.device(device).type == 'cuda',
+                            persistent_workers=num_workers > 0 and not is_training)
