@@ -65,6 +65,30 @@ def test_plain_model_trains_the_criterion_alone():
     assert metrics['generated'] == 0 and set(metrics) == {'loss', 'ce', 'generated', 'top1', 'lr', 'images_per_sec'}
 
 
+class _GeneratingStub(nn.Module):
+    """Answers ``target=`` like an rsg_* model in its generation phase: fixed logits for the real rows, then generated
+    rows of the rarest class that are all predicted right, so a meter over every row would read higher."""
+
+    def __init__(self, real_predictions):
+        super().__init__()
+        self.real_predictions = real_predictions
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x, target=None):
+        real = nn.functional.one_hot(self.real_predictions, 3).float() * self.scale
+        generated_target = torch.full((6,), 2)
+        generated = nn.functional.one_hot(generated_target, 3).float() * self.scale
+        return RSGOutput(torch.cat([real, generated]), torch.cat([target, generated_target]), {})
+
+
+def test_train_top1_counts_the_real_rows_only():
+    model = _GeneratingStub(real_predictions=torch.tensor([0, 1, 0, 1]))
+    x, y = torch.zeros(4, 4), torch.tensor([0, 1, 2, 0])  # two of the four real rows right
+    metrics = train_one_epoch(model, [(x, y)], nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.0),
+                              epoch=0, device=torch.device('cpu'), log_interval=0)
+    assert metrics['generated'] == 6 and metrics['top1'] == 50.0
+
+
 class _EpochLoader(list):
     """A loader without batches (only the switches run) that records the epochs it was switched to."""
 

@@ -108,6 +108,15 @@ def test_zoo_tags_carry_their_training_profile():
         validate_script.main(['--model', ZOO_TAG, '--data-dir', os.devnull])
 
 
+def test_a_model_without_class_counts_is_grouped_by_the_profile_its_run_recorded(tiny_demo, caplog):
+    # the zoo tag's weights carry no class counts; its entry records CIFAR-10-LT's (many-shot down to 139 images).
+    # The tiny demo's own profile (40 images or fewer a class) would put every class in few-shot.
+    with caplog.at_level(logging.INFO, logger='validate'):
+        result = validate_script.main(['--model', ZOO_TAG, '--dataset', 'demo', '--data-dir', tiny_demo, '-j', '0'])
+    assert result['many'] is not None and result['medium'] is not None and result['few'] is None
+    assert 'from the demo profile' not in caplog.text
+
+
 def test_has_cosine_classifier():
     import timm
     assert has_cosine_classifier(timm.create_model('cifar_resnet20', use_norm=True))
