@@ -250,6 +250,35 @@ def test_inat_test_is_val_list(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- folder_lt
 
+class _WorkerDraws(torch.utils.data.Dataset):
+    """Each item is a draw from the generator of the worker that loads it."""
+    transform = None
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.rand(()), index
+
+
+def _worker_draws(epoch, rank=0):
+    loader = create_lt_loader(_WorkerDraws(), dataset_name='folder_lt', batch_size=4, is_training=True, num_workers=1,
+                              seed=0, rank=rank)
+    loader.set_epoch(epoch)
+    return next(iter(loader))[0]
+
+
+def test_file_loader_workers_draw_from_the_seed_epoch_and_rank_alone():
+    """A resumed epoch's workers draw what the straight run's did, whatever the global generator holds; each rank
+    draws its own augmentations."""
+    torch.manual_seed(1)
+    first = _worker_draws(epoch=1)
+    torch.manual_seed(2)
+    assert torch.equal(_worker_draws(epoch=1), first)
+    assert not torch.equal(_worker_draws(epoch=2), first)
+    assert not torch.equal(_worker_draws(epoch=1, rank=1), first)
+
+
 def test_workers_beyond_the_cores_are_clamped_with_a_note(tiny_folder, caplog):
     # configs sized for a large machine (workers: 8) run as they are on a 2-core one, without torch's warning
     cores = len(os.sched_getaffinity(0))

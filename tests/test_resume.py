@@ -148,6 +148,8 @@ def test_generator_states_are_restored_and_cuda_ones_only_onto_as_many_devices(m
     restored = []
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'get_rng_state_all', lambda: ['state of cuda:0', 'state of cuda:1'])
+    assert rng_states()['cuda_rng_states'] == ['state of cuda:0', 'state of cuda:1']
     monkeypatch.setattr(torch.cuda, 'set_rng_state_all', restored.append)
     states = [torch.zeros(8, dtype=torch.uint8), torch.ones(8, dtype=torch.uint8)]
     restore_rng_states({'cuda_rng_states': states}, 'CKPT')
