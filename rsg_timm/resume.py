@@ -43,7 +43,8 @@ def restore_flags(args: argparse.Namespace, saved: argparse.Namespace, given: Ab
                   restorable: Collection[str], source: str) -> None:
     """Put the run's flags ``saved`` (those in ``restorable``) back into ``args``, except those ``given`` now (on the
     command line or by ``--config``), and log what was given differently."""
-    stored = {k: v for k, v in vars(saved).items() if k in set(restorable)}
+    names = set(restorable)
+    stored = {k: v for k, v in vars(saved).items() if k in names}
     overridden = []
     for name, value in stored.items():
         if name not in given:
