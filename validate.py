@@ -37,6 +37,7 @@ from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
 from rsg_timm.models.pretrained import load_pretrained_tags
 from rsg_timm.posthoc import has_cosine_classifier, logit_adjust, tau_normalize, training_logit_scale
 from rsg_timm.run_folder import read_args_yaml
+from rsg_timm.train_flags import build_train_parser
 
 _logger = logging.getLogger('validate')
 
@@ -153,8 +154,10 @@ def _resolve_dataset(args: argparse.Namespace, record: dict) -> None:
     elif recorded is not None and recorded != args.dataset:
         _logger.warning(f'{args.model} was trained on {recorded}; evaluating it on {args.dataset}')
     same = args.dataset == recorded
-    for key, default in (('imb_type', None), ('imb_factor', 0.01), ('imb_select', 'first')):  # None: by dataset
+    train_parser = build_train_parser()
+    for key in ('imb_type', 'imb_factor', 'imb_select'):  # train.py's defaults; imb_type's (None) is by dataset
         if getattr(args, key) is None:
+            default = train_parser.get_default(key)
             setattr(args, key, record.get(key, default) if same else default)
     if args.data_dir is None and same and record.get('data_dir') and os.path.exists(record['data_dir']):
         args.data_dir = record['data_dir']
