@@ -142,7 +142,8 @@ def _warn_unused_profile(args: argparse.Namespace) -> None:
 
 def _describe_run(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, amp_dtype) -> str:
     """One block that says what is in force: the resolved recipe, then the device and numerics."""
-    loss = args.loss + (f' (s {args.ldam_s or 30:g}, margin {args.ldam_max_m or 0.5:g})' if args.loss == 'ldam' else '')
+    loss = args.loss + (f' (s {training_logit_scale(vars(args)):g}, margin {args.ldam_max_m or 0.5:g})'
+                        if args.loss == 'ldam' else '')
     reweight = args.reweight + (f' from epoch {args.drw_epoch}' if args.reweight == 'drw' else '')
     sched = args.sched + (f' x{args.decay_rate:g} from epochs {args.decay_milestones}' if args.sched == 'multistep'
                           else '')
@@ -175,8 +176,8 @@ def _divergence_hint(args: argparse.Namespace) -> str:
         return ('Likely cause: --amp-dtype float16 on the CPU, whose autocast overflows where a GPU\'s would not; '
                 'use --amp-dtype bfloat16 (the default) on the CPU.')
     if args.loss == 'ldam' and not args.cosine_classifier:
-        return (f'Likely cause: --loss ldam multiplies the logits by s = {args.ldam_s or 30:g}, which suits a cosine '
-                f'classifier, but {args.model} has a linear head. Use --loss ce (the default for linear heads), '
+        return (f'Likely cause: --loss ldam multiplies the logits by s = {training_logit_scale(vars(args)):g}, which '
+                f'suits a cosine classifier, but {args.model} has a linear head. Use --loss ce (the default for linear heads), '
                 f'--cosine-classifier, or a much smaller --ldam-s.')
     return f'Likely cause: a learning rate too high for this model; lower --lr ({args.lr:g}), warm up longer or ' \
            f'add --clip-grad.'

@@ -9,7 +9,7 @@ and the training profile come from what the model records (the checkpoint's argu
 beside an export, a zoo tag's entry); a model that records none needs ``--dataset``. So do the image size, crop,
 interpolation, mean and std the run trained with: a checkpoint scores what its export scores. ``--logit-adjust`` and
 ``--tau-norm`` apply the post-hoc long-tail corrections, logit adjustment on the logits as the training loss saw them.
-Loss and ECE are on that scale too (LDAM: the cosine logits x s, 30 by default), where the model was fitted; the result
+Loss and ECE are on that scale too (LDAM: the cosine logits x its s), where the model was fitted; the result
 says which (``logit_scale``).
 """
 import argparse
@@ -32,10 +32,11 @@ from rsg_timm.checkpoint import create_eval_model, load_training_checkpoint, rea
 from rsg_timm.constants import LOGIT_SCALE_KEY
 from rsg_timm.data import create_lt_dataset, create_lt_loader, list_lt_datasets
 from rsg_timm.engine import evaluate
+from rsg_timm.losses import LDAM_DEFAULT_S
 from rsg_timm.export import strip_rsg
 from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
 from rsg_timm.models.pretrained import load_pretrained_tags
-from rsg_timm.posthoc import has_cosine_classifier, logit_adjust, tau_normalize, training_logit_scale
+from rsg_timm.posthoc import has_nonlinear_classifier, logit_adjust, tau_normalize, training_logit_scale
 from rsg_timm.run_folder import read_args_yaml
 from rsg_timm.train_flags import build_train_parser
 
@@ -87,7 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
                              'the training loss applied (LDAM: its s, read from the training arguments)')
     parser.add_argument('--logit-scale', type=float, default=None, metavar='S',
                         help='the factor S the training loss applied to the logits, for the loss, ECE and '
-                             '--logit-adjust (default: the recorded one; LDAM: --ldam-s, 30 by default; CE: 1)')
+                             f'--logit-adjust (default: the recorded one; LDAM: --ldam-s, {LDAM_DEFAULT_S:g} by default; CE: 1)')
     parser.add_argument('--tau-norm', type=float, default=None, metavar='TAU',
                         help='post-hoc tau-normalisation of the classifier weights (bias dropped)')
     parser.add_argument('--results-file', default='', help='write the summary row here')
@@ -194,15 +195,15 @@ def _logit_scale(args: argparse.Namespace, model: torch.nn.Module, record: dict)
         scale = record.get(LOGIT_SCALE_KEY)
     if scale is not None:
         return float(scale)
-    if has_cosine_classifier(model) and args.logit_adjust is None:
+    if has_nonlinear_classifier(model) and args.logit_adjust is None:
         _logger.warning(f'{args.model} has a cosine classifier and records no training loss: its loss and ECE are on '
-                        f'the unscaled cosine logits; pass --logit-scale S (the --ldam-s it was trained with, 30 by '
-                        f'default) for the scale it was fitted at')
-    elif has_cosine_classifier(model):
+                        f'the unscaled cosine logits; pass --logit-scale S (the --ldam-s it was trained with, '
+                        f'{LDAM_DEFAULT_S:g} by default) for the scale it was fitted at')
+    elif has_nonlinear_classifier(model):
         raise ValueError(
             f'--logit-adjust: {args.model} has a cosine classifier (logits in [-1, 1]) and records no training loss, '
             f'so the scale its loss applied is unknown and log-priors would swamp the logits; pass --logit-scale S '
-            f'(the --ldam-s it was trained with, 30 by default)')
+            f'(the --ldam-s it was trained with, {LDAM_DEFAULT_S:g} by default)')
     return 1.0
 
 

@@ -17,13 +17,12 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from timm.models import clean_state_dict
-from timm.models.resnet import ResNet
 from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
-from .models import COSINE_CLASSIFIER_KEY, CheckpointError, backbone_arch, check_rsg_family, check_state_dict_fits, \
-    create_cosine_model, fill_fresh_rsg, find_official_head, has_cosine_classifier, is_rsg_model, linear_to_cosine, \
-    supports_cosine_classifier, unwrap_checkpoint
+from .models import COSINE_CLASSIFIER_KEY, CheckpointError, CosineHead, backbone_arch, check_rsg_family, \
+    check_state_dict_fits, create_cosine_model, fill_fresh_rsg, find_official_head, is_rsg_model, linear_to_cosine, \
+    model_cosine_head, supports_cosine_classifier, unwrap_checkpoint
 from .rng import rng_states
 from .version import __version__
 
@@ -57,7 +56,7 @@ def checkpoint_extras(
         **rng_states(),  # a resumed or forked run draws what the uninterrupted one would have
         VERSION_KEY: __version__,  # a resume under another version lists what resolves differently
     }
-    if isinstance(model, ResNet) and has_cosine_classifier(model):  # set after creation, so not in the kwargs
+    if model_cosine_head(model) is CosineHead.SWAP:  # set after creation, so not in the kwargs
         extras[COSINE_CLASSIFIER_KEY] = True
     return extras
 

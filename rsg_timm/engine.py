@@ -36,7 +36,7 @@ class NonFiniteLossError(RuntimeError):
                          f'{hint}')
 
 
-# A chance-level classifier has CE ln C (2.3 for 10 classes, 6.9 for 1000), and LDAM's s = 30 on cosine logits
+# A chance-level classifier has CE ln C (2.3 for 10 classes, 6.9 for 1000), and LDAM's default s on cosine logits
 # keeps it below ~75; a mean CE above this means the logits are off any sane scale and the run will not recover.
 DIVERGED_CE = 100.0
 
@@ -255,7 +255,7 @@ def evaluate(
     """Evaluate a classifier: loss, top-1/top-5, many/medium/few, ECE.
 
     Args:
-        logit_scale: the factor the training loss applied to the logits (LDAM's s, 30 by default, on a cosine head
+        logit_scale: the factor the training loss applied to the logits (LDAM's s on a cosine head
             whose logits lie in [-1, 1]; see ``posthoc.training_logit_scale``). Loss and ECE are computed on the
             logits times it, the scale the model was fitted at; accuracy does not depend on it. The metrics
             record it as ``logit_scale`` (summary.csv's ``eval_logit_scale``), so a reader knows which scale they

@@ -9,7 +9,7 @@ counts and label names travel in ``config.json`` (``class_counts``, ``label_name
 ``"cosine_classifier": true``: plain timm predicts the same classes with logits scaled by the feature norm, and
 ``rsg_timm.checkpoint.create_eval_model`` (``validate.py``) restores the cosine logits (``models/classifier.py``
 says why). A model trained with LDAM records the factor its loss applied to the cosine logits as ``"logit_scale"``
-(30 by default): ``softmax(logit_scale * cosine logits)`` are the probabilities it was fitted to.
+(``--ldam-s``, else ``losses.LDAM_DEFAULT_S``): ``softmax(logit_scale * cosine logits)`` are the probabilities it was fitted to.
 :func:`export_run` stages a whole run for publishing: that export, a model card and the run's records. Nothing here
 touches the network; ``hub.py`` moves such folders.
 """
@@ -30,13 +30,12 @@ import yaml
 from timm.data import resolve_data_config
 from timm.layers import get_device_dtype
 from timm.models import model_entrypoint, save_for_hf
-from timm.models.resnet import ResNet
 
 from .checkpoint import create_eval_model, load_training_checkpoint
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, LOGIT_SCALE_KEY, RSG_KEY_PREFIX
 from .model_card import create_model_card
 from .models import is_rsg_model
-from .models.classifier import COSINE_CLASSIFIER_KEY, cosine_to_linear, has_cosine_classifier, \
+from .models.classifier import COSINE_CLASSIFIER_KEY, CosineHead, cosine_to_linear, model_cosine_head, \
     set_cosine_classifier
 from .posthoc import training_logit_scale
 from .run_folder import read_run
@@ -61,7 +60,7 @@ def strip_rsg(model: nn.Module) -> nn.Module:
     if not is_rsg_model(model):
         return model
     backbone = timm.create_model(model.backbone_name, **model.backbone_kwargs)
-    if isinstance(backbone, ResNet) and has_cosine_classifier(model):
+    if model_cosine_head(model) is CosineHead.SWAP:  # the backbone's entrypoint built a linear head
         set_cosine_classifier(backbone)
     backbone.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(RSG_KEY_PREFIX)})
     # Keep the data config the model was trained with; the architecture is now the backbone (the tag named the
@@ -112,7 +111,7 @@ def save_pretrained(
     if class_counts is None:
         class_counts = getattr(model, 'rsg_class_counts', None)
     model_config = {}
-    if isinstance(backbone, ResNet) and has_cosine_classifier(backbone):
+    if model_cosine_head(backbone) is CosineHead.SWAP:
         cosine_to_linear(backbone)  # timm's own head, so plain timm loads it (same argmax, see the module doc)
         model_config[COSINE_CLASSIFIER_KEY] = True
     for key, values in ((CLASS_COUNTS_KEY, class_counts), (LABEL_NAMES_KEY, label_names)):

@@ -29,7 +29,7 @@ from .registry import Registry
 __all__ = [
     'register_loss', 'list_losses', 'create_loss', 'loss_kwargs',
     'register_reweight', 'list_reweights', 'create_reweight',
-    'effective_number_weights', 'ldam_margins', 'log_prior',
+    'effective_number_weights', 'ldam_margins', 'log_prior', 'LDAM_DEFAULT_S',
     'CrossEntropyLoss', 'FocalLoss', 'LDAMLoss', 'BalancedSoftmaxLoss', 'LogitAdjustedLoss',
     'NoReweight', 'ClassBalancedReweight', 'DeferredReweight',
 ]
@@ -232,6 +232,10 @@ class FocalLoss(_ClassWeightedLoss):
         return f'gamma={self.gamma}'
 
 
+# LDAM's logit scale when none is given: the one source for what a run trained with when --ldam-s was unset.
+LDAM_DEFAULT_S = 30.0
+
+
 @register_loss('ldam', arg_map={'ldam_max_m': 'max_m', 'ldam_s': 's'})
 class LDAMLoss(_ClassWeightedLoss):
     """LDAM: subtract the margin ``m_y`` from the target logit only, scale all logits by ``s``, then CE.
@@ -244,7 +248,7 @@ class LDAMLoss(_ClassWeightedLoss):
             self,
             class_counts: ClassCounts,
             max_m: float = 0.5,
-            s: float = 30.0,
+            s: float = LDAM_DEFAULT_S,
             weight: Optional[torch.Tensor] = None,
     ):
         super().__init__(weight)

@@ -7,22 +7,21 @@
   ``w_j / ||w_j||^tau`` and drop the bias; ``tau=0`` keeps the weights, ``tau=1`` fully normalises.
 
 Logit adjustment acts on the logits the model was *trained* with. A model trained with LDAM saw ``s * z`` (its cosine
-head gives ``z`` in [-1, 1]; ``s`` is 30 by default); subtracting log-priors of order 1-5 from the raw ``z`` swamps
+head gives ``z`` in [-1, 1]; ``s`` is ``losses.LDAM_DEFAULT_S`` unless set); subtracting log-priors of order 1-5 from the raw ``z`` swamps
 them and drops a CIFAR-10-LT model to chance, so :func:`training_logit_scale` recovers ``s`` from the training
 arguments and ``logit_adjust(..., scale=s)`` applies it first.
 
 Choose ``tau`` on a validation split, never on the test list.
 """
 import copy
-import inspect
 from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
-from .losses import ClassCounts, LDAMLoss, log_prior
+from .losses import LDAM_DEFAULT_S, ClassCounts, log_prior
 
-__all__ = ['logit_adjust', 'training_logit_scale', 'has_cosine_classifier', 'tau_normalize_classifier',
+__all__ = ['logit_adjust', 'training_logit_scale', 'has_nonlinear_classifier', 'tau_normalize_classifier',
            'tau_normalize']
 
 _Classifier = Union[nn.Linear, nn.Conv2d]
@@ -57,7 +56,7 @@ def training_logit_scale(train_args: Mapping[str, Any]) -> Optional[float]:
     if loss != 'ldam':
         return 1.0
     s = train_args.get('ldam_s')
-    return float(s if s is not None else inspect.signature(LDAMLoss).parameters['s'].default)
+    return float(s if s is not None else LDAM_DEFAULT_S)
 
 
 def _is_plain_classifier(module: nn.Module) -> bool:
@@ -70,7 +69,7 @@ def _is_plain_classifier(module: nn.Module) -> bool:
     )
 
 
-def has_cosine_classifier(model: nn.Module) -> bool:
+def has_nonlinear_classifier(model: nn.Module) -> bool:
     """Whether the classifier of a timm-style model is not a plain linear map (e.g. LDAM's cosine head), so its
     logits lie in [-1, 1] and need the training scale before any prior is subtracted."""
     classifier = model.get_classifier() if hasattr(model, 'get_classifier') else None

@@ -21,8 +21,9 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 from .checkpoint import load_training_checkpoint
-from .models import backbone_arch, backbone_stage_names, check_rsg_family, check_state_dict_fits, fill_fresh_rsg, \
-    is_rsg_model, set_cosine_classifier, supports_cosine_classifier, unwrap_checkpoint
+from .losses import LDAM_DEFAULT_S
+from .models import CosineHead, arch_cosine_head, backbone_arch, backbone_stage_names, check_rsg_family, \
+    check_state_dict_fits, fill_fresh_rsg, is_rsg_model, set_cosine_classifier, unwrap_checkpoint
 from .train_flags import RSG_FLAGS
 
 __all__ = ['LATE_PHASE', 'LAST_DECAY', 'EPOCH_SWITCHES', 'scaled_schedule', 'rescale_schedule',
@@ -92,17 +93,18 @@ def resolve_recipe(args: argparse.Namespace) -> None:
         close = difflib.get_close_matches(args.model, timm.list_models(), n=5, cutoff=0.6)
         hint = f'close matches: {", ".join(close)}' if close else "timm.list_models('*name*') lists them"
         raise ValueError(f'Unknown model {args.model!r}; {hint}')
-    # LDAM multiplies the logits by s = 30, meant for a cosine head's [-1, 1]; on a linear head it diverges
+    # LDAM multiplies the logits by s (LDAM_DEFAULT_S by default), meant for a cosine head's [-1, 1]; on a linear head it diverges
     if args.cosine_classifier is None:
-        args.cosine_classifier = supports_cosine_classifier(args.model) and (
-            args.loss == 'ldam' or (args.loss is None and backbone_arch(args.model).startswith('cifar_resnet')))
+        cosine_head = arch_cosine_head(args.model)  # the CIFAR ResNets (USE_NORM) default to LDAM-DRW's recipe
+        args.cosine_classifier = cosine_head is not None and (
+            args.loss == 'ldam' or (args.loss is None and cosine_head is CosineHead.USE_NORM))
     if args.loss is None:
         args.loss = 'ldam' if args.cosine_classifier else 'ce'
     if args.reweight is None:
         args.reweight = 'drw' if args.loss == 'ldam' else 'none'
     if args.loss == 'ldam' and not args.cosine_classifier:
         _logger.warning(f'--loss ldam on the linear head of {args.model}: LDAM scales the logits by s '
-                        f'(--ldam-s, 30 by default) for a cosine classifier and tends to diverge on a linear one')
+                        f'(--ldam-s, {LDAM_DEFAULT_S:g} by default) for a cosine classifier and tends to diverge on a linear one')
     if args.warmup_epochs >= args.epochs > 0:
         _logger.warning(f'--warmup-epochs {args.warmup_epochs} would ramp the whole {args.epochs}-epoch run; '
                         f'using {args.epochs // 5}')
@@ -163,15 +165,14 @@ def create_recipe_model(args: argparse.Namespace, num_classes: int, class_counts
     """
     kwargs = dict(num_classes=num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path)
     kwargs.update({k: getattr(args, k) for k in RSG_FLAGS if getattr(args, k) is not None})
-    cifar_family = backbone_arch(args.model).startswith('cifar_resnet')
-    has_cosine = supports_cosine_classifier(args.model)
+    cosine_head = arch_cosine_head(args.model)
     cosine = args.cosine_classifier  # resolved by resolve_recipe
-    if cosine and not has_cosine:
+    if cosine and cosine_head is None:
         raise ValueError(f'--cosine-classifier is available for the CIFAR and timm ResNet families, not {args.model}')
-    if cosine and cifar_family:
+    if cosine and cosine_head is CosineHead.USE_NORM:
         kwargs['use_norm'] = True
     if getattr(args, 'official_init', False):  # absent from the args of checkpoints older than the flag (--fork)
-        if cifar_family or not has_cosine:
+        if cosine_head is not CosineHead.SWAP:  # the timm ResNet family
             raise ValueError(f'--official-init is for the timm ResNet family (the CIFAR ResNets already follow the '
                              f'official init), not {args.model}')
         kwargs['zero_init_last'] = False
@@ -180,7 +181,7 @@ def create_recipe_model(args: argparse.Namespace, num_classes: int, class_counts
     kwargs = {k: v for k, v in dict(kwargs, **args.model_kwargs).items() if v is not None}
     pretrained = start_weights and (args.pretrained or bool(getattr(args, 'pretrained_path', None)))
     model = _create_timm_model(args, pretrained, **kwargs)
-    if cosine and not cifar_family:  # timm's entrypoints take no cosine option: swap the built head
+    if cosine and cosine_head is CosineHead.SWAP:
         set_cosine_classifier(model)
     if start_weights and getattr(args, 'initial_checkpoint', ''):
         _load_initial_checkpoint(model, args.initial_checkpoint)

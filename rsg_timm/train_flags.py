@@ -24,7 +24,7 @@ import torch
 from timm.utils import ParseKwargs
 
 from .data import list_lt_datasets, list_samplers
-from .losses import LDAMLoss, list_losses, list_reweights
+from .losses import LDAM_DEFAULT_S, list_losses, list_reweights
 from .models.rsg_model import RSGMixin
 
 __all__ = ['FlagKind', 'Flag', 'build_train_parser', 'train_flags', 'flag_names', 'restored_on_resume',
@@ -48,7 +48,6 @@ RECIPE, RSG, RUN, MACHINE = FlagKind.RECIPE, FlagKind.RSG, FlagKind.RUN, FlagKin
 # The defaults an rsg_* model gives its RSG module, quoted in the help of the flags that override them.
 _RSG_DEFAULTS = {name: p.default for name, p in inspect.signature(RSGMixin.from_backbone).parameters.items()
                  if p.default is not inspect.Parameter.empty}
-_LDAM_S = inspect.signature(LDAMLoss.__init__).parameters['s'].default
 
 
 class _Declarations:
@@ -148,7 +147,7 @@ def _declare(flag: _Declarations) -> None:
     flag('--focal-gamma', kind=RECIPE, type=float, default=None, help='focal loss gamma (loss default 1.0)')
     flag('--ldam-max-m', kind=RECIPE, type=float, default=None, help='largest LDAM margin (loss default 0.5)')
     flag('--ldam-s', kind=RECIPE, type=float, default=None,
-         help=f'LDAM logit scale, for cosine logits in [-1, 1] (loss default {_LDAM_S:g})')
+         help=f'LDAM logit scale, for cosine logits in [-1, 1] (loss default {LDAM_DEFAULT_S:g})')
     flag('--la-tau', kind=RECIPE, type=float, default=None, help='logit-adjusted loss tau (loss default 1.0)')
     flag('--cosine-classifier', kind=RECIPE, action=argparse.BooleanOptionalAction, default=None,
          help='cosine classifier (default: on the CIFAR ResNets without --loss, or with --loss ldam where the model '

@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import os
 from types import ModuleType
+from typing import List
 
 import numpy as np
 
@@ -13,6 +14,14 @@ REPO_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 # Golden vectors of the official RSG implementation, kept in the repository so a bare clone checks them.
 TESTDATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 TINY_COUNTS = [40, 30, 20, 12, 8, 6, 5, 4, 3, 2]
+
+
+def package_sources() -> List[str]:
+    """The Python files that make up rsg_timm as shipped: the package and the two scripts, repository-relative."""
+    package = [os.path.relpath(os.path.join(root, name), REPO_DIR)
+               for root, _, names in os.walk(os.path.join(REPO_DIR, 'rsg_timm')) for name in names
+               if name.endswith('.py')]
+    return sorted(package) + ['train.py', 'validate.py']
 
 
 @functools.lru_cache(maxsize=None)

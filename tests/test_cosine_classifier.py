@@ -13,8 +13,8 @@ from helpers import load_script, run_in_plain_timm
 from rsg_timm.checkpoint import checkpoint_extras, create_eval_model
 from rsg_timm.export import save_pretrained, strip_rsg
 from rsg_timm.losses import create_loss
-from rsg_timm.models import NormedLinear, cosine_to_linear, has_cosine_classifier, linear_to_cosine, \
-    set_cosine_classifier, supports_cosine_classifier
+from rsg_timm.models import CosineHead, NormedLinear, arch_cosine_head, cosine_to_linear, has_cosine_classifier, \
+    linear_to_cosine, model_cosine_head, set_cosine_classifier, supports_cosine_classifier
 
 train = load_script('train.py')
 COUNTS = [40, 20, 10, 5, 3]
@@ -70,6 +70,25 @@ def test_cosine_head_refused_where_no_family_has_one():
     assert isinstance(_train_model(['--model', 'test_convnext', '--loss', 'ldam']).get_classifier(), nn.Linear)
     with pytest.raises(TypeError, match='use_norm=True'):
         set_cosine_classifier(timm.create_model('cifar_resnet20'))
+
+
+@pytest.mark.parametrize('name, head', [
+    ('cifar_resnet32', CosineHead.USE_NORM), ('rsg_resnet32.ldam_drw_rsg_cifar10_lt_r100', CosineHead.USE_NORM),
+    ('test_resnet', CosineHead.SWAP), ('rsg_seresnext26d_32x4d', CosineHead.SWAP), ('test_convnext', None),
+    ('rsg_test_convnext', None), ('no_such_model', None),
+])
+def test_one_rule_says_how_an_arch_builds_a_cosine_head(name, head):
+    assert arch_cosine_head(name) is head
+    assert supports_cosine_classifier(name) == (head is not None)
+
+
+def test_one_rule_says_how_a_model_s_cosine_head_is_rebuilt():
+    assert model_cosine_head(timm.create_model('rsg_resnet32', num_classes=5, use_norm=True)) is CosineHead.USE_NORM
+    assert model_cosine_head(timm.create_model('rsg_resnet32', num_classes=5)) is None
+    assert model_cosine_head(set_cosine_classifier(timm.create_model('rsg_test_resnet', num_classes=5))) \
+        is CosineHead.SWAP
+    assert model_cosine_head(timm.create_model('test_resnet', num_classes=5)) is None
+    assert model_cosine_head(timm.create_model('test_convnext', num_classes=5)) is None
 
 
 def test_cosine_head_starts_with_unit_class_vectors_as_ldam():

@@ -1,14 +1,17 @@
 """Loss and re-weighting registry: reference vectors (peers-features.md 3.4-3.7) and hand-computed losses."""
 import argparse
 import math
+import os
+import re
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from helpers import REPO_DIR, package_sources
 from rsg_timm.losses import (
-    create_loss, create_reweight, effective_number_weights, ldam_margins, list_losses, list_reweights,
+    LDAM_DEFAULT_S, LDAMLoss, create_loss, create_reweight, effective_number_weights, ldam_margins, list_losses, list_reweights,
     log_prior, loss_kwargs, register_loss, register_reweight,
 )
 
@@ -182,3 +185,14 @@ def test_schedule_drives_loss_weight():
     torch.testing.assert_close(loss(logits, target), F.cross_entropy(logits, target))
     loss.set_class_weight(drw.weight_for_epoch(1))
     torch.testing.assert_close(loss(logits, target), F.cross_entropy(logits, target, weight=drw.weight_for_epoch(1)))
+
+
+def test_ldam_default_scale_is_stated_once():
+    from rsg_timm.posthoc import training_logit_scale
+    from rsg_timm.train_flags import build_train_parser
+    assert LDAMLoss([3, 1]).s == LDAM_DEFAULT_S == training_logit_scale({'loss': 'ldam'})
+    assert f'(loss default {LDAM_DEFAULT_S:g})' in ' '.join(build_train_parser().format_help().split())
+    restated = re.compile(r"ldam_s or \d|\b30 by default|\bs = 30\b|s: float = \d")
+    offenders = [path for path in package_sources()
+                 if restated.search(open(os.path.join(REPO_DIR, path), encoding='utf-8').read())]
+    assert offenders == []

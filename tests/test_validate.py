@@ -11,7 +11,7 @@ import torch
 
 from rsg_timm.checkpoint import load_training_checkpoint
 from rsg_timm.models.pretrained import load_pretrained_tags
-from rsg_timm.posthoc import has_cosine_classifier, logit_adjust, training_logit_scale
+from rsg_timm.posthoc import has_nonlinear_classifier, logit_adjust, training_logit_scale
 
 from helpers import REPO_DIR, load_script
 
@@ -117,10 +117,10 @@ def test_a_model_without_class_counts_is_grouped_by_the_profile_its_run_recorded
     assert 'from the demo profile' not in caplog.text
 
 
-def test_has_cosine_classifier():
+def test_has_nonlinear_classifier():
     import timm
-    assert has_cosine_classifier(timm.create_model('cifar_resnet20', use_norm=True))
-    assert not has_cosine_classifier(timm.create_model('cifar_resnet20'))
+    assert has_nonlinear_classifier(timm.create_model('cifar_resnet20', use_norm=True))
+    assert not has_nonlinear_classifier(timm.create_model('cifar_resnet20'))
 
 
 def test_exported_weights_are_as_readable_as_the_rest(demo_run):

@@ -14,8 +14,9 @@ flatter per image (the factor acts as an inverse temperature), so calibration nu
 installed, :func:`linear_to_cosine` restores the cosine head from that export, giving the trained model's logits
 (up to float rounding of the already normalised weights).
 """
+import enum
 import inspect
-from typing import Optional
+from typing import Optional, Type
 
 import timm
 import torch
@@ -28,30 +29,56 @@ from timm.models.resnet import ResNet
 from .cifar_resnet import CifarResNet, NormedLinear
 from .rsg_model import backbone_arch
 
-__all__ = ['COSINE_CLASSIFIER_KEY', 'supports_cosine_classifier', 'has_cosine_classifier', 'set_cosine_classifier',
-           'create_cosine_model', 'cosine_to_linear', 'linear_to_cosine']
+__all__ = ['COSINE_CLASSIFIER_KEY', 'CosineHead', 'arch_cosine_head', 'model_cosine_head', 'supports_cosine_classifier',
+           'has_cosine_classifier', 'set_cosine_classifier', 'create_cosine_model', 'cosine_to_linear',
+           'linear_to_cosine']
 
 # config.json / checkpoint key saying that the linear fc of an export stands for a cosine classifier.
 COSINE_CLASSIFIER_KEY = 'cosine_classifier'
 
 
-def _builds(model_name: str, classes) -> bool:
+class CosineHead(enum.Enum):
+    """How a model gets its cosine head, so that a saved one can be rebuilt."""
+    USE_NORM = 'use_norm'  # the architecture builds it: create_model(..., use_norm=True) (the CIFAR ResNets)
+    SWAP = 'swap'  # timm's entrypoints take no such option: set_cosine_classifier after create_model (timm ResNet)
+
+
+def _cosine_head_of_class(cls: type) -> Optional[CosineHead]:
+    """The one rule: which model classes take a cosine head, and how."""
+    if issubclass(cls, CifarResNet):
+        return CosineHead.USE_NORM
+    if issubclass(cls, ResNet):
+        return CosineHead.SWAP
+    return None
+
+
+def arch_cosine_head(model_name: str) -> Optional[CosineHead]:
+    """How ``model_name`` (plain or ``rsg_*``, tag allowed) builds a cosine head; ``None`` when it cannot take one
+    (or timm does not know the name, which ``timm.create_model`` then reports). Read from the entrypoint's return
+    annotation, so no model is built."""
     arch = backbone_arch(model_name)
     if not is_model(arch):
-        return False  # timm.create_model names the unknown model
-    built = inspect.signature(model_entrypoint(arch)).return_annotation
-    return isinstance(built, type) and issubclass(built, classes)
+        return None
+    built: Type = inspect.signature(model_entrypoint(arch)).return_annotation
+    return _cosine_head_of_class(built) if isinstance(built, type) else None
+
+
+def model_cosine_head(model: nn.Module) -> Optional[CosineHead]:
+    """How the cosine head of ``model`` (plain or ``rsg_*``) is rebuilt; ``None`` when its classifier is not one."""
+    if not isinstance(model.get_classifier(), NormedLinear):
+        return None
+    return _cosine_head_of_class(type(model))
 
 
 def supports_cosine_classifier(model_name: str) -> bool:
     """Whether ``model_name`` (plain or ``rsg_*``, tag allowed) builds a CIFAR ResNet or a timm ``ResNet``."""
-    return _builds(model_name, (ResNet, CifarResNet))
+    return arch_cosine_head(model_name) is not None
 
 
 def create_cosine_model(model_name: str, **kwargs) -> nn.Module:
     """``timm.create_model(model_name, **kwargs)`` with a cosine classifier: a CIFAR ResNet builds its own
     (``use_norm=True``), a timm ``ResNet`` gets one swapped in (:func:`set_cosine_classifier`)."""
-    if _builds(model_name, CifarResNet):
+    if arch_cosine_head(model_name) is CosineHead.USE_NORM:
         return timm.create_model(model_name, **dict(kwargs, use_norm=True))
     return set_cosine_classifier(timm.create_model(model_name, **kwargs))
 
@@ -62,9 +89,10 @@ def has_cosine_classifier(model: nn.Module) -> bool:
 
 
 def _check_resnet(model: nn.Module) -> None:
-    if isinstance(model, CifarResNet):
+    kind = _cosine_head_of_class(type(model))
+    if kind is CosineHead.USE_NORM:
         raise TypeError('CIFAR ResNets build their cosine head themselves: create the model with use_norm=True')
-    if not isinstance(model, ResNet):
+    if kind is not CosineHead.SWAP:
         raise TypeError(f'the cosine classifier swap supports timm ResNet-family models, not {type(model).__name__}')
     if not isinstance(model.fc, (nn.Linear, NormedLinear)):
         raise ValueError('the model has no classifier (num_classes=0): nothing to make cosine')
