@@ -177,8 +177,8 @@ def _divergence_hint(args: argparse.Namespace) -> str:
                 'use --amp-dtype bfloat16 (the default) on the CPU.')
     if args.loss == 'ldam' and not args.cosine_classifier:
         return (f'Likely cause: --loss ldam multiplies the logits by s = {training_logit_scale(vars(args)):g}, which '
-                f'suits a cosine classifier, but {args.model} has a linear head. Use --loss ce (the default for linear heads), '
-                f'--cosine-classifier, or a much smaller --ldam-s.')
+                f'suits a cosine classifier, but {args.model} has a linear head. Use --loss ce (the default for linear '
+                f'heads), --cosine-classifier, or a much smaller --ldam-s.')
     return f'Likely cause: a learning rate too high for this model; lower --lr ({args.lr:g}), warm up longer or ' \
            f'add --clip-grad.'
 

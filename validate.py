@@ -88,7 +88,8 @@ def _build_parser() -> argparse.ArgumentParser:
                              'the training loss applied (LDAM: its s, read from the training arguments)')
     parser.add_argument('--logit-scale', type=float, default=None, metavar='S',
                         help='the factor S the training loss applied to the logits, for the loss, ECE and '
-                             f'--logit-adjust (default: the recorded one; LDAM: --ldam-s, {LDAM_DEFAULT_S:g} by default; CE: 1)')
+                             f'--logit-adjust (default: the recorded one; LDAM: --ldam-s, {LDAM_DEFAULT_S:g} by '
+                             f'default; CE: 1)')
     parser.add_argument('--tau-norm', type=float, default=None, metavar='TAU',
                         help='post-hoc tau-normalisation of the classifier weights (bias dropped)')
     parser.add_argument('--results-file', default='', help='write the summary row here')

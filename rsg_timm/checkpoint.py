@@ -16,9 +16,10 @@ import timm
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from timm.models import clean_state_dict
-from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
+from timm.models import clean_state_dict, get_model_args
+from timm.utils import get_state_dict, unwrap_model
 
+from .compat import CheckpointSaverHooks
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, RSG_KEY_PREFIX
 from .models import COSINE_CLASSIFIER_KEY, CheckpointError, CosineHead, backbone_arch, check_rsg_family, \
     check_state_dict_fits, create_cosine_model, fill_fresh_rsg, find_official_head, is_rsg_model, linear_to_cosine, \
@@ -50,9 +51,8 @@ def checkpoint_extras(
         CLASS_COUNTS_KEY: list(class_counts) if class_counts is not None else None,
         LABEL_NAMES_KEY: list(label_names) if label_names is not None else None,
         'backbone': backbone or model.pretrained_cfg.get('architecture'),
-        # rsg_* models know their backbone's kwargs; timm >= 1.0.31 records a plain model's create_model kwargs.
-        'backbone_kwargs': dict(getattr(model, 'backbone_kwargs', None)
-                                or dict(getattr(model, '_model_args', {}), num_classes=model.num_classes)),
+        # rsg_* models know their backbone's kwargs; timm >= 1.0.31 gives a plain model's (get_model_args).
+        'backbone_kwargs': dict(getattr(model, 'backbone_kwargs', None) or get_model_args(model)),
         **rng_states(),  # a resumed or forked run draws what the uninterrupted one would have
         VERSION_KEY: __version__,  # a resume under another version lists what resolves differently
     }
@@ -149,7 +149,7 @@ class RunState:
         return state
 
 
-class RunCheckpointSaver(CheckpointSaver):
+class RunCheckpointSaver(CheckpointSaverHooks):
     """timm's ``CheckpointSaver``, with nothing lost to a kill or a full disk.
 
     * ``last.pth.tar``, ``model_best.pth.tar`` and ``checkpoint-<epoch>.pth.tar`` are each replaced by one
@@ -159,10 +159,10 @@ class RunCheckpointSaver(CheckpointSaver):
       when a kill came after ``last.pth.tar`` was written but before they were.
     """
 
-    def _replace(self, src: str, dst: str) -> None:
+    def replace_file(self, src: str, dst: str) -> None:
         os.replace(src, dst)
 
-    def _duplicate(self, src: str, dst: str) -> None:
+    def duplicate_file(self, src: str, dst: str) -> None:
         partial = dst + '.partial'
         if os.path.exists(partial):
             os.remove(partial)
@@ -172,9 +172,9 @@ class RunCheckpointSaver(CheckpointSaver):
             shutil.copy2(src, partial)
         os.replace(partial, dst)
 
-    def _save(self, save_path: str, epoch: int, metric: Optional[float] = None) -> None:
+    def write_checkpoint(self, save_path: str, epoch: int, metric: Optional[float] = None) -> None:
         try:
-            super()._save(save_path, epoch, metric)
+            super().write_checkpoint(save_path, epoch, metric)
         except (OSError, RuntimeError) as e:
             if os.path.exists(save_path):
                 os.remove(save_path)
@@ -187,8 +187,8 @@ class RunCheckpointSaver(CheckpointSaver):
 
     def save_checkpoint(self, epoch: int, metric: Optional[float] = None) -> Tuple[Optional[float], Optional[int]]:
         tmp = os.path.join(self.checkpoint_dir, TMP_CHECKPOINT)
-        self._save(tmp, epoch, metric)
-        self._replace(tmp, os.path.join(self.checkpoint_dir, LAST_CHECKPOINT))
+        self.write_checkpoint(tmp, epoch, metric)
+        self.replace_file(tmp, os.path.join(self.checkpoint_dir, LAST_CHECKPOINT))
         self._retain(epoch, metric)
         return (None, None) if self.best_metric is None else (self.best_metric, self.best_epoch)
 
@@ -198,10 +198,10 @@ class RunCheckpointSaver(CheckpointSaver):
             worst = self.checkpoint_files[-1][1]
             if worst is not None and (metric is None or not self.cmp(metric, worst)):
                 return
-            self._cleanup_checkpoints(1)
-        path = self._checkpoint_path(epoch)
-        self._duplicate(os.path.join(self.checkpoint_dir, LAST_CHECKPOINT), path)
-        self._track_checkpoint(path, epoch, metric)
+            self.discard_worst_checkpoints(1)
+        path = self.checkpoint_path(epoch)
+        self.duplicate_file(os.path.join(self.checkpoint_dir, LAST_CHECKPOINT), path)
+        self.track_checkpoint(path, epoch, metric)
 
     def restore(self, checkpoint: Dict[str, Any], path: str) -> None:
         """Continue the history and best-epoch record stored in ``checkpoint`` (read from ``path``)."""
@@ -212,7 +212,7 @@ class RunCheckpointSaver(CheckpointSaver):
         self.load_state_dict(state)
         epoch, metric = state.get('pending', (None, None))
         resumed_last = os.path.abspath(path) == os.path.abspath(os.path.join(self.checkpoint_dir, LAST_CHECKPOINT))
-        if resumed_last and epoch is not None and not os.path.exists(self._checkpoint_path(epoch)):
+        if resumed_last and epoch is not None and not os.path.exists(self.checkpoint_path(epoch)):
             self._retain(epoch, metric)
         self._repair_best()
 
@@ -222,9 +222,9 @@ class RunCheckpointSaver(CheckpointSaver):
         best = os.path.join(self.checkpoint_dir, BEST_CHECKPOINT)
         if self.best_epoch is None or _checkpoint_epoch(best) == self.best_epoch:
             return
-        for source in (self._checkpoint_path(self.best_epoch), os.path.join(self.checkpoint_dir, LAST_CHECKPOINT)):
+        for source in (self.checkpoint_path(self.best_epoch), os.path.join(self.checkpoint_dir, LAST_CHECKPOINT)):
             if _checkpoint_epoch(source) == self.best_epoch:
-                self._duplicate(source, best)
+                self.duplicate_file(source, best)
                 _logger.warning(f'{best} did not hold the best epoch {self.best_epoch} (a kill interrupted its '
                                 f'update); copied it from {source}')
                 return

@@ -9,7 +9,8 @@ counts and label names travel in ``config.json`` (``class_counts``, ``label_name
 ``"cosine_classifier": true``: plain timm predicts the same classes with logits scaled by the feature norm, and
 ``rsg_timm.checkpoint.create_eval_model`` (``validate.py``) restores the cosine logits (``models/classifier.py``
 says why). A model trained with LDAM records the factor its loss applied to the cosine logits as ``"logit_scale"``
-(``--ldam-s``, else ``losses.LDAM_DEFAULT_S``): ``softmax(logit_scale * cosine logits)`` are the probabilities it was fitted to.
+(``--ldam-s``, else ``losses.LDAM_DEFAULT_S``): ``softmax(logit_scale * cosine logits)`` are the probabilities it
+was fitted to.
 :func:`export_run` stages a whole run for publishing: that export, a model card and the run's records. Nothing here
 touches the network; ``hub.py`` moves such folders.
 """

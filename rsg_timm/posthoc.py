@@ -7,9 +7,9 @@
   ``w_j / ||w_j||^tau`` and drop the bias; ``tau=0`` keeps the weights, ``tau=1`` fully normalises.
 
 Logit adjustment acts on the logits the model was *trained* with. A model trained with LDAM saw ``s * z`` (its cosine
-head gives ``z`` in [-1, 1]; ``s`` is ``losses.LDAM_DEFAULT_S`` unless set); subtracting log-priors of order 1-5 from the raw ``z`` swamps
-them and drops a CIFAR-10-LT model to chance, so :func:`training_logit_scale` recovers ``s`` from the training
-arguments and ``logit_adjust(..., scale=s)`` applies it first.
+head gives ``z`` in [-1, 1]; ``s`` is ``losses.LDAM_DEFAULT_S`` unless set); subtracting log-priors of order 1-5 from
+the raw ``z`` swamps them and drops a CIFAR-10-LT model to chance, so :func:`training_logit_scale` recovers ``s`` from
+the training arguments and ``logit_adjust(..., scale=s)`` applies it first.
 
 Choose ``tau`` on a validation split, never on the test list.
 """

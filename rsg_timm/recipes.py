@@ -93,7 +93,8 @@ def resolve_recipe(args: argparse.Namespace) -> None:
         close = difflib.get_close_matches(args.model, timm.list_models(), n=5, cutoff=0.6)
         hint = f'close matches: {", ".join(close)}' if close else "timm.list_models('*name*') lists them"
         raise ValueError(f'Unknown model {args.model!r}; {hint}')
-    # LDAM multiplies the logits by s (LDAM_DEFAULT_S by default), meant for a cosine head's [-1, 1]; on a linear head it diverges
+    # LDAM multiplies the logits by s (LDAM_DEFAULT_S unless set), meant for a cosine head's [-1, 1]; on a linear
+    # head it diverges
     if args.cosine_classifier is None:
         cosine_head = arch_cosine_head(args.model)  # the CIFAR ResNets (USE_NORM) default to LDAM-DRW's recipe
         args.cosine_classifier = cosine_head is not None and (
@@ -104,7 +105,8 @@ def resolve_recipe(args: argparse.Namespace) -> None:
         args.reweight = 'drw' if args.loss == 'ldam' else 'none'
     if args.loss == 'ldam' and not args.cosine_classifier:
         _logger.warning(f'--loss ldam on the linear head of {args.model}: LDAM scales the logits by s '
-                        f'(--ldam-s, {LDAM_DEFAULT_S:g} by default) for a cosine classifier and tends to diverge on a linear one')
+                        f'(--ldam-s, {LDAM_DEFAULT_S:g} by default) for a cosine classifier and tends to diverge on a '
+                        f'linear one')
     if args.warmup_epochs >= args.epochs > 0:
         _logger.warning(f'--warmup-epochs {args.warmup_epochs} would ramp the whole {args.epochs}-epoch run; '
                         f'using {args.epochs // 5}')

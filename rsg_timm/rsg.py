@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .compat import assert_on_device
+
 __all__ = ['RSG', 'RSGForwardOutput', 'check_transfer_strength', 'plan_mv_pairs']
 
 
@@ -309,9 +311,9 @@ class RSG(nn.Module):
         if target.device != feature_maps.device:
             raise ValueError(f'target is on {target.device} but feature_maps on {feature_maps.device}; move them '
                              f'to one device')
-        if target.device.type in ('cpu', 'cuda'):  # the devices with an _assert_async kernel
+        if target.device.type in ('cpu', 'cuda'):  # the devices with an assert_on_device kernel
             try:  # checked where the labels are, with no host sync; CUDA reports a failure as a device-side assert
-                torch._assert_async(((target >= 0) & (target < self.num_classes)).all(), 'labels out of range')
+                assert_on_device(((target >= 0) & (target < self.num_classes)).all(), 'labels out of range')
             except RuntimeError:
                 raise ValueError(f'target holds labels outside [0, {self.num_classes}): '
                                  f'{target.unique().tolist()}') from None

@@ -4,6 +4,7 @@ timm's model checks (forward, backward, default cfg, features, reset_classifier,
 for one small arch per family in test_models.py (``FAMILY_RSG_MODELS``); this file pins what is family-specific.
 """
 import csv
+import logging
 import os
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import timm
 import torch
 
 from rsg_timm.export import save_pretrained, strip_rsg
-from rsg_timm.models import RSGOutput
+from rsg_timm.compat import entrypoint_model_class
+from rsg_timm.models import RSGOutput, rsg_model
 
 from rsg_timm.recipes import create_recipe_model, resolve_recipe
 from helpers import REPO_DIR, load_script
@@ -30,12 +32,25 @@ def _batch(model, batch_size=8):
 
 def test_every_arch_of_the_families_is_registered():
     names = set(timm.list_models('rsg_*'))
-    for module in _MODULES:
+    for module in _MODULES + ('resnet',):
         archs = timm.list_models(module=module)
         assert archs and {f'rsg_{a}' for a in archs} <= names, module
+    # every entrypoint that builds a family class, wherever timm defines it (resnest, res2net, ...)
+    family_archs = [a for a in timm.list_models() if entrypoint_model_class(a) in rsg_model._FAMILIES]
+    assert len(family_archs) > 300
+    assert {'rsg_' + a.removeprefix('cifar_') for a in family_archs} <= names
     assert {'rsg_convnext_tiny', 'rsg_regnety_040', 'rsg_efficientnet_b3', 'rsg_mobilenetv4_conv_small',
             'rsg_resnetv2_50x1_bit'} <= names
     assert timm.models.get_pretrained_cfg('rsg_convnext_tiny').hf_hub_id == 'timm/convnext_tiny.in12k_ft_in1k'
+
+
+def test_an_entrypoint_of_a_family_module_that_declares_no_class_is_named(monkeypatch, caplog):
+    monkeypatch.setattr(rsg_model, 'entrypoint_model_class',
+                        lambda arch: None if arch in ('test_resnet', 'test_vit') else entrypoint_model_class(arch))
+    with caplog.at_level(logging.WARNING, logger=rsg_model.__name__):
+        found = rsg_model._discover_backbones(['test_convnext', 'test_resnet', 'test_vit'])
+    assert list(found) == ['rsg_test_convnext']
+    assert 'test_resnet: timm declares no model class' in caplog.text and 'test_vit' not in caplog.text
 
 
 def test_registry_import_builds_no_model():

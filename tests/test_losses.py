@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from helpers import REPO_DIR, package_sources
 from rsg_timm.losses import (
-    LDAM_DEFAULT_S, LDAMLoss, create_loss, create_reweight, effective_number_weights, ldam_margins, list_losses, list_reweights,
+    LDAM_DEFAULT_S, LDAMLoss, create_loss, create_reweight, effective_number_weights, ldam_margins, list_losses,
+    list_reweights,
     log_prior, loss_kwargs, register_loss, register_reweight,
 )
 

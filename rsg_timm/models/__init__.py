@@ -16,6 +16,7 @@ __all__ = [
     'BasicBlock', 'CifarResNet', 'NormedLinear', 'checkpoint_filter_fn',
     'RSGCifarResNet', 'RSGMixin', 'RSGOutput', 'RSGResNet', 'backbone_arch', 'backbone_stage_names',
     'check_rsg_family', 'is_rsg_model',
-    'COSINE_CLASSIFIER_KEY', 'CosineHead', 'arch_cosine_head', 'model_cosine_head', 'cosine_to_linear', 'create_cosine_model', 'has_cosine_classifier', 'linear_to_cosine',
+    'COSINE_CLASSIFIER_KEY', 'CosineHead', 'arch_cosine_head', 'model_cosine_head', 'cosine_to_linear',
+    'create_cosine_model', 'has_cosine_classifier', 'linear_to_cosine',
     'set_cosine_classifier', 'supports_cosine_classifier',
 ]

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerType, create_classifier, get_act_layer, get_device_dtype, get_norm_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices  # not exported by timm 1.0.31
 
+from ..compat import feature_take_indices
 from ..constants import CIFAR10_MEAN, CIFAR10_STD
 from .pretrained import resolve_zoo_tag, with_zoo_cfgs
 from .state_dict import check_state_dict_fits, unwrap_checkpoint

@@ -15,17 +15,17 @@ installed, :func:`linear_to_cosine` restores the cosine head from that export, g
 (up to float rounding of the already normalised weights).
 """
 import enum
-import inspect
-from typing import Optional, Type
+from typing import Optional
 
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import get_device_dtype
-from timm.models import is_model, model_entrypoint
+from timm.models import is_model
 from timm.models.resnet import ResNet
 
+from ..compat import entrypoint_model_class
 from .cifar_resnet import CifarResNet, NormedLinear
 from .rsg_model import backbone_arch
 
@@ -57,10 +57,8 @@ def arch_cosine_head(model_name: str) -> Optional[CosineHead]:
     (or timm does not know the name, which ``timm.create_model`` then reports). Read from the entrypoint's return
     annotation, so no model is built."""
     arch = backbone_arch(model_name)
-    if not is_model(arch):
-        return None
-    built: Type = inspect.signature(model_entrypoint(arch)).return_annotation
-    return _cosine_head_of_class(built) if isinstance(built, type) else None
+    built = entrypoint_model_class(arch) if is_model(arch) else None
+    return _cosine_head_of_class(built) if built is not None else None
 
 
 def model_cosine_head(model: nn.Module) -> Optional[CosineHead]:

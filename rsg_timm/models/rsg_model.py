@@ -15,22 +15,22 @@ For every backbone arch present when rsg_timm is imported, ``rsg_<arch>`` is reg
 ResNet, ``stages.2`` of a ResNetV2, ``s3`` of a RegNet, ``blocks.4`` of an EfficientNet-B0; ConvNeXt has no stem
 entry, so its stride-16 stage ``stages.2`` is 2.
 
-Discovery reads each entrypoint's return annotation, so importing builds no model. An RSG model is its backbone,
-built by the backbone's own timm entrypoint, with its class switched to a subclass that adds RSG (``RSGResNet``,
-``RSGConvNeXt``, ...): the state_dict keys are the backbone's plus ``rsg.*``, ``pretrained=True`` loads the backbone's
-timm weights (RSG starts fresh): every timm tag of the backbone is registered for ``rsg_<arch>`` too
-(``rsg_resnet152.tv_in1k``), with the same default; and RSG is registered after the head so that ``features_only``
-gives the backbone's features. ``model(x)`` returns logits (eval, validation, export and every timm tool see the backbone);
-``model(x, target=y)`` in train mode returns an :class:`RSGOutput`.
+Discovery reads each entrypoint's return annotation (``rsg_timm.compat.entrypoint_model_class``), so importing builds
+no model; an entrypoint of a family's module that declares no class is named in a warning. An RSG model is its
+backbone, built by the backbone's own timm entrypoint, with its class switched to a subclass that adds RSG
+(``RSGResNet``, ``RSGConvNeXt``, ...): the state_dict keys are the backbone's plus ``rsg.*``, ``pretrained=True``
+loads the backbone's timm weights (RSG starts fresh): every timm tag of the backbone is registered for ``rsg_<arch>``
+too (``rsg_resnet152.tv_in1k``), with the same default; and RSG is registered after the head so that ``features_only``
+gives the backbone's features. ``model(x)`` returns logits (eval, validation, export and every timm tool see the
+backbone); ``model(x, target=y)`` in train mode returns an :class:`RSGOutput`.
 
 Hacked together for rsg_timm; Apache-2.0.
 """
-import inspect
 import logging
 import math
 import warnings
 from functools import partial
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -41,11 +41,12 @@ from timm.models import PretrainedCfg, build_model_with_cfg, checkpoint_seq, gen
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn as _convnext_filter_fn
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
-from timm.models.regnet import RegNet, _filter_fn as _regnet_filter_fn
+from timm.models.regnet import RegNet
 from timm.models.resnet import ResNet
 from timm.models.resnetv2 import ResNetV2
 from timm.utils import unwrap_model
 
+from ..compat import entrypoint_model_class, regnet_filter_fn, switch_class
 from ..rsg import RSG
 from .cifar_resnet import CifarResNet, NormedLinear, checkpoint_filter_fn
 from .pretrained import zoo_tag_names
@@ -127,7 +128,7 @@ class RSGMixin:
             raise TypeError(
                 f'{backbone_name} builds {type(model).__name__}, not {base.__name__}; {cls.__name__} only adds RSG '
                 f'to {base.__name__} itself (a subclass could override what the switch of class would drop)')
-        model.__class__ = cls  # adds methods only: the modules, parameters and state_dict keys stay the backbone's
+        switch_class(model, cls)  # adds methods only: the modules, parameters and state_dict keys stay the backbone's
         model.backbone_name = backbone_name
         model.backbone_kwargs = dict(kwargs)
         model.rsg_init = rsg_init
@@ -377,7 +378,7 @@ class _Family(NamedTuple):
 
 def _regnet_filter(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """timm's RegNet filter (pycls names) takes no model argument."""
-    return _regnet_filter_fn(state_dict)
+    return regnet_filter_fn(state_dict)
 
 
 # The default RSG stage of the ImageNet-style families is the last stride-16 one, where the paper puts RSG in a
@@ -394,11 +395,16 @@ _FAMILIES = {
 }
 
 
-def _discover_backbones() -> Dict[str, Tuple[str, _Family]]:
-    """``rsg_<arch>`` -> (arch, family) for every registered arch whose entrypoint returns a family class."""
-    found = {}
-    for arch in timm.list_models():
-        family = _FAMILIES.get(inspect.signature(model_entrypoint(arch)).return_annotation)
+def _discover_backbones(archs: Iterable[str]) -> Dict[str, Tuple[str, _Family]]:
+    """``rsg_<arch>`` -> (arch, family) for every arch whose entrypoint builds a family class; warns about the
+    entrypoints of a family's module that do not say which class they build, rather than skip them unseen."""
+    found, unclassified = {}, []
+    family_modules = {cls.__module__ for cls in _FAMILIES}
+    for arch in archs:
+        built = entrypoint_model_class(arch)
+        if built is None and model_entrypoint(arch).__module__ in family_modules:
+            unclassified.append(arch)
+        family = _FAMILIES.get(built)
         if family is None:
             continue
         name = 'rsg_' + arch.removeprefix('cifar_')
@@ -406,6 +412,10 @@ def _discover_backbones() -> Dict[str, Tuple[str, _Family]]:
             _logger.warning(f'{name} already wraps {found[name][0]}; not registering it for {arch}')
             continue
         found[name] = (arch, family)
+    if unclassified:
+        _logger.warning(f'{", ".join(unclassified)}: timm declares no model class for these entrypoints of the '
+                        f'modules of the RSG families, so no rsg_* is registered for them; rsg_timm.compat lists '
+                        f'the unannotated entrypoints of the timm version it was written for')
     return found
 
 
@@ -435,7 +445,7 @@ def _rsg_cfgs(backbones: Dict[str, Tuple[str, _Family]]) -> Dict[str, Pretrained
     return cfgs
 
 
-_RSG_BACKBONES = _discover_backbones()
+_RSG_BACKBONES = _discover_backbones(timm.list_models())
 
 default_cfgs = generate_default_cfgs(_rsg_cfgs(_RSG_BACKBONES))
 
@@ -466,7 +476,7 @@ def check_rsg_family(model_name: str) -> None:
     backbone = arch[len('rsg_'):]
     if not arch.startswith('rsg_') or arch in _RSG_BACKBONES or not timm.is_model(backbone):
         return
-    kind = getattr(inspect.signature(model_entrypoint(backbone)).return_annotation, '__name__', 'model')
+    kind = getattr(entrypoint_model_class(backbone), '__name__', 'model')
     families = ', '.join(family.__name__ for family in _FAMILIES)
     raise ValueError(f'{arch}: RSG supports these families: {families} ({len(_RSG_BACKBONES)} archs, '
                      f"timm.list_models('rsg_*')); {backbone} is a {kind}, which it does not wrap (the README says "
