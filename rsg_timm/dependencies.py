@@ -5,7 +5,7 @@ from typing import Tuple
 
 __all__ = ['MIN_TIMM_VERSION', 'check_timm_version']
 
-# 1.0.31: the first timm with get_device_dtype, the CheckpointSaver internals and the _model_args record used here.
+# 1.0.31: the first timm with get_device_dtype, get_model_args and the CheckpointSaver internals (rsg_timm/compat.py).
 MIN_TIMM_VERSION = (1, 0, 31)
 
 
