@@ -16,8 +16,6 @@ from rsg_timm.compat import UNANNOTATED_ENTRYPOINTS, CheckpointSaverHooks, asser
     entrypoint_model_class, switch_class
 
 _UPSTREAM = ('torch', 'timm', 'argparse')
-# parser._actions: train.py's to remove (issue 24); allowed there until then.
-_ALLOWED = {('train.py', '_actions')}
 
 
 def _is_private(name: str) -> bool:
@@ -55,7 +53,7 @@ def _private_uses(path: str, upstream_attrs: set) -> list:
         elif isinstance(node, ast.Assign):
             uses += [(node.lineno, '__class__') for target in node.targets
                      if isinstance(target, ast.Attribute) and target.attr == '__class__']
-    return [(line, name) for line, name in uses if (path, name) not in _ALLOWED]
+    return uses
 
 
 def test_no_private_api_outside_compat():
