@@ -28,7 +28,8 @@ from timm.utils import ParseKwargs, setup_default_logging
 
 import rsg_timm  # noqa: F401  (registers the models)
 from rsg_timm.cli import run_cli
-from rsg_timm.checkpoint import create_eval_model, load_training_checkpoint, read_export_config
+from rsg_timm.checkpoint import load_training_checkpoint
+from rsg_timm.eval_model import create_eval_model, read_export_config
 from rsg_timm.constants import LOGIT_SCALE_KEY
 from rsg_timm.data import create_lt_dataset, create_lt_loader, list_lt_datasets
 from rsg_timm.engine import evaluate

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Union
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
 
-from .checkpoint import create_eval_model, load_training_checkpoint
+from .checkpoint import load_training_checkpoint
+from .eval_model import create_eval_model
 from .export import save_pretrained
 from .models import CheckpointError, CifarResNet, backbone_arch, find_official_head
 

@@ -7,19 +7,15 @@ export needs ``import rsg_timm`` (which registers ``cifar_resnet*``). The folder
 counts and label names travel in ``config.json`` (``class_counts``, ``label_names``). A timm ResNet with a cosine
 (LDAM) classifier is written with timm's linear ``fc`` (normalised class vectors, zero bias) and
 ``"cosine_classifier": true``: plain timm predicts the same classes with logits scaled by the feature norm, and
-``rsg_timm.checkpoint.create_eval_model`` (``validate.py``) restores the cosine logits (``models/classifier.py``
+``rsg_timm.eval_model.create_eval_model`` (``validate.py``) restores the cosine logits (``models/classifier.py``
 says why). A model trained with LDAM records the factor its loss applied to the cosine logits as ``"logit_scale"``
 (``--ldam-s``, else ``losses.LDAM_DEFAULT_S``): ``softmax(logit_scale * cosine logits)`` are the probabilities it
 was fitted to.
-:func:`export_run` stages a whole run for publishing: that export, a model card and the run's records. Nothing here
-touches the network; ``hub.py`` moves such folders.
 """
-import argparse
 import copy
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -27,28 +23,17 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import timm
 import torch
 import torch.nn as nn
-import yaml
-from timm.data import resolve_data_config
 from timm.layers import get_device_dtype
-from timm.models import model_entrypoint, save_for_hf
+from timm.models import save_for_hf
 
-from .checkpoint import create_eval_model, load_training_checkpoint
 from .constants import CLASS_COUNTS_KEY, LABEL_NAMES_KEY, LOGIT_SCALE_KEY, RSG_KEY_PREFIX
-from .model_card import create_model_card
 from .models import is_rsg_model
 from .models.classifier import COSINE_CLASSIFIER_KEY, CosineHead, cosine_to_linear, model_cosine_head, \
     set_cosine_classifier
-from .posthoc import training_logit_scale
-from .run_folder import read_run
-from .train_flags import published_args
 
-__all__ = ['strip_rsg', 'save_pretrained', 'load_class_counts', 'export_run']
+__all__ = ['strip_rsg', 'save_pretrained', 'load_class_counts']
 
 _logger = logging.getLogger(__name__)
-
-_EXPORT_FILES = ('config.json', 'model.safetensors')
-_RECORD_FILES = ('summary.csv', 'per_class.csv', 'curves.png', 'per_class.png')  # figures: [plot] extra
-_PACKAGE = __package__  # 'rsg_timm'
 
 PathLike = Union[str, os.PathLike]
 
@@ -152,60 +137,3 @@ def load_class_counts(source: Union[str, os.PathLike, Dict[str, Any]]) -> Option
         config = json.loads(path.read_text())
     counts = config.get(CLASS_COUNTS_KEY)
     return None if counts is None else [int(c) for c in counts]
-
-
-def _export_backbone(run_dir: Path, out_dir: Path) -> None:
-    """Copy the run's export, or write one from ``last.pth.tar`` when training stopped before exporting."""
-    if all((run_dir / name).is_file() for name in _EXPORT_FILES):
-        for name in _EXPORT_FILES:
-            shutil.copyfile(run_dir / name, out_dir / name)
-        return
-    checkpoint = run_dir / 'last.pth.tar'
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f'{str(run_dir)!r} has neither an exported backbone (config.json + model.safetensors) '
-                                f'nor last.pth.tar to export one from; is it a train.py run folder?')
-    saved = load_training_checkpoint(str(checkpoint))
-    backbone = saved.get('backbone')
-    if not backbone:
-        raise FileNotFoundError(f'{str(checkpoint)!r} does not record its backbone; it was not written by train.py')
-    model, class_counts, label_names = create_eval_model(backbone, str(checkpoint))
-    _logger.info(f'{run_dir} has no export; exporting the backbone of {checkpoint}')
-    train_args = saved.get('args')
-    train_args = vars(train_args) if isinstance(train_args, argparse.Namespace) else train_args or {}
-    save_pretrained(model, out_dir, class_counts=class_counts, label_names=label_names,
-                    data_config=resolve_data_config({}, model=model), logit_scale=training_logit_scale(train_args))
-
-
-def export_run(run_dir: PathLike, out_dir: PathLike, *, repo_id: str = 'ORG/NAME') -> Path:
-    """Stage what ``push`` uploads for a run into ``out_dir``: the backbone export, README.md and the run records.
-
-    Args:
-        run_dir: a train.py run folder (``output/train/<experiment>``).
-        out_dir: the staging folder, created if needed; it must not be the run folder.
-        repo_id: the Hub repo the card's loading examples name.
-
-    Returns:
-        The staging folder.
-    """
-    run = read_run(run_dir)
-    out_dir = Path(out_dir)
-    if out_dir.resolve() == run.run_dir.resolve():
-        raise ValueError(f'stage into another folder than the run itself ({out_dir}); it would replace args.yaml')
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _export_backbone(run.run_dir, out_dir)
-    config = json.loads((out_dir / 'config.json').read_text())
-    needs_plugin = model_entrypoint(config['architecture']).__module__.startswith(_PACKAGE)
-    timm_logger = logging.getLogger('timm')
-    level = timm_logger.level
-    timm_logger.setLevel(logging.WARNING)  # counting parameters is no load the user asked for: no "Loading ..." lines
-    try:
-        num_params = sum(p.numel() for p in create_eval_model(f'local-dir:{out_dir.resolve()}')[0].parameters())
-    finally:
-        timm_logger.setLevel(level)
-    (out_dir / 'README.md').write_text(create_model_card(run, config, repo_id, needs_plugin, num_params),
-                                       encoding='utf-8')
-    (out_dir / 'args.yaml').write_text(yaml.safe_dump(published_args(run.args), sort_keys=False))
-    for name in _RECORD_FILES:
-        if (run.run_dir / name).is_file():
-            shutil.copyfile(run.run_dir / name, out_dir / name)
-    return out_dir

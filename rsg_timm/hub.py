@@ -1,7 +1,7 @@
 """Publish a train.py run on the Hugging Face Hub, and ship it in the model zoo: transport only.
 
 ``python -m rsg_timm.hub push RUN_DIR --repo-id ORG/NAME [--private] [--dry-run OUT_DIR]`` stages the run with
-:func:`rsg_timm.export.export_run` (the backbone export, a model card and the run's records) in a temporary folder,
+:func:`rsg_timm.publish.export_run` (the backbone export, a model card and the run's records) in a temporary folder,
 then uploads that folder with ``huggingface_hub.HfApi``. ``--dry-run OUT_DIR`` writes the staged files to OUT_DIR
 (new or empty, so nothing there is overwritten and it holds exactly what a push uploads) instead and touches no
 network.
@@ -24,7 +24,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the client's HTTP library (huggingface_hub >= 2)
 
-from .export import export_run
+from .publish import export_run
 from .models.pretrained import PRETRAINED_DIR, add_pretrained
 
 __all__ = ['push_to_hub']

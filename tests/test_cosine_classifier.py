@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from rsg_timm.recipes import create_recipe_model, resolve_recipe
 from helpers import load_script, run_in_plain_timm
-from rsg_timm.checkpoint import checkpoint_extras, create_eval_model
+from rsg_timm.checkpoint import checkpoint_extras
+from rsg_timm.eval_model import create_eval_model
 from rsg_timm.export import save_pretrained, strip_rsg
 from rsg_timm.losses import create_loss
 from rsg_timm.models import CosineHead, NormedLinear, arch_cosine_head, cosine_to_linear, has_cosine_classifier, \

@@ -23,11 +23,12 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 import rsg_timm
 from rsg_timm import hub
-from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, create_eval_model, load_training_checkpoint
+from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, load_training_checkpoint
+from rsg_timm.eval_model import create_eval_model
 from rsg_timm.cli import run_cli
 from rsg_timm.data import create_lt_dataset
 from rsg_timm.engine import DivergedError, NonFiniteLossError, train_one_epoch
-from rsg_timm.export import export_run
+from rsg_timm.publish import export_run
 from rsg_timm.models.pretrained import load_pretrained_tags
 from rsg_timm.recipes import resolve_recipe
 from rsg_timm.run_folder import LOCK_FILE, died_before_first_checkpoint, lock_run_dir, read_run

@@ -13,7 +13,7 @@ import yaml
 from timm.models import get_pretrained_cfg
 
 from rsg_timm import hub
-from rsg_timm.checkpoint import create_eval_model
+from rsg_timm.eval_model import create_eval_model
 from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags, remove_pretrained, resolve_zoo_tag
 
 from helpers import TINY_COUNTS, load_script

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import REPO_DIR, TESTDATA_DIR, load_script
-from rsg_timm.checkpoint import create_eval_model
+from rsg_timm.eval_model import create_eval_model
 from rsg_timm.convert import convert_official_checkpoint
 from rsg_timm.convert import main as convert_main
 from rsg_timm.models import CheckpointError, NormedLinear

@@ -17,7 +17,8 @@ from torchvision import transforms as T
 
 from rsg_timm.recipes import create_recipe_model, resolve_recipe
 from helpers import REPO_DIR, load_script
-from rsg_timm.checkpoint import create_eval_model, load_training_checkpoint
+from rsg_timm.checkpoint import load_training_checkpoint
+from rsg_timm.eval_model import create_eval_model
 from rsg_timm.data import create_lt_dataset, create_sampler, sampler_kwargs
 from rsg_timm.data.transforms import build_transform
 from rsg_timm.losses import LDAMLoss, create_loss, create_reweight, loss_kwargs
