@@ -222,9 +222,10 @@ class RSGMixin:
         """Reset the backbone's head (a cosine head stays cosine); RSG's per-class parameters restart when the class
         count changes. ``kwargs`` are the backbone's own options (ConvNeXt's ``reset_other``, which its
         ``prune_intermediate_layers`` passes)."""
-        cosine = isinstance(self.get_classifier(), NormedLinear) and not isinstance(self, CifarResNet)
+        from .classifier import CosineHead, model_cosine_head  # here: classifier.py imports this module
+        swapped_cosine = model_cosine_head(self) is CosineHead.SWAP  # a CIFAR ResNet rebuilds its own (use_norm)
         super().reset_classifier(num_classes, global_pool, **kwargs)
-        if cosine and num_classes > 0:
+        if swapped_cosine and num_classes > 0:
             self.fc = NormedLinear(self.fc.in_features, num_classes, **get_device_dtype(self.fc)).train(self.training)
         self.backbone_kwargs['num_classes'] = num_classes
         if global_pool is not None:  # None keeps the pooling the backbone was built with
