@@ -36,7 +36,7 @@ sys.path[:0] = [str(REPO), str(REPO / 'benchmarks')]
 
 from rsg_timm.cli import run_cli  # noqa: E402
 from rsg_timm.constants import FEW_SHOT_MAX  # noqa: E402
-from rsg_timm.metrics import plot_per_class_accuracy  # noqa: E402
+from rsg_timm.plots import plot_per_class_accuracy  # noqa: E402
 from rsg_timm.model_card import markdown_table  # noqa: E402
 from rsg_timm.models.pretrained import PRETRAINED_DIR, add_pretrained, load_pretrained_tags, \
     remove_pretrained  # noqa: E402
