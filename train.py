@@ -335,7 +335,7 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
             eta = elapsed / (epoch + 1 - start_epoch) * (num_epochs - epoch - 1)
             phase = ''
             if is_rsg_model(model):
-                phase = ' [RSG generation]' if epoch > model.rsg.epoch_thresh else ' [RSG CESC]'
+                phase = ' [RSG generation]' if model.rsg.generates(epoch) else ' [RSG CESC]'
             _logger.info(f'epoch {epoch} ({epoch + 1}/{num_epochs}, {_format_duration(elapsed)} elapsed, ETA '
                          f'{_format_duration(eta)}): {format_loss_terms(train_metrics)}'
                          + (f' +{train_metrics["generated"]:.1f} generated/batch' if is_rsg_model(model) else '')

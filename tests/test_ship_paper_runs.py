@@ -111,8 +111,8 @@ def test_page_says_why_a_group_is_empty(trained_run, forked_plain_run):
 
 def test_page_picks_the_best_epoch_by_the_runs_eval_metric(trained_run, forked_plain_run):
     """A run selected on --eval-metric loss has its best epoch at the lowest test loss, not the highest top-1."""
-    runs = {method: read_run(run) for method, run in (('ldam_drw_rsg', trained_run.dir), ('ldam_drw', forked_plain_run))}
-    runs = {method: dataclasses.replace(run, args=dict(run.args, eval_metric='loss')) for method, run in runs.items()}
+    runs = {method: dataclasses.replace(read_run(run), args=dict(read_run(run).args, eval_metric='loss'))
+            for method, run in (('ldam_drw_rsg', trained_run.dir), ('ldam_drw', forked_plain_run))}
     histories = {'ldam_drw_rsg': runs['ldam_drw_rsg'].summary,
                  'ldam_drw': ship.forked_history(runs['ldam_drw'], runs['ldam_drw_rsg'])}
     # epoch 0: lower top-1 but lower loss (the loss-best epoch); epoch 1: higher top-1 (the top-1-best epoch)

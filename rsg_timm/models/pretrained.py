@@ -35,8 +35,8 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 from timm.models import PretrainedCfg, get_pretrained_cfg
 
-__all__ = ['PRETRAINED_DIR', 'TAGS_FILE', 'TAG_PATTERN', 'Tags', 'load_pretrained_tags', 'zoo_tag_names', 'with_zoo_cfgs',
-           'resolve_zoo_tag']
+__all__ = ['PRETRAINED_DIR', 'TAGS_FILE', 'TAG_PATTERN', 'Tags', 'load_pretrained_tags', 'zoo_tag_names',
+           'with_zoo_cfgs', 'resolve_zoo_tag']
 
 _logger = logging.getLogger(__name__)
 
