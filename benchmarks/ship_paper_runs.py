@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / 'benchmarks')]
 
 from rsg_timm.cli import run_cli  # noqa: E402
-from rsg_timm.constants import FEW_SHOT_MAX  # noqa: E402
+from rsg_timm.constants import FEW_SHOT_BELOW  # noqa: E402
 from rsg_timm.model_card import markdown_table  # noqa: E402
 from rsg_timm.models.pretrained import PRETRAINED_DIR, load_pretrained_tags  # noqa: E402
 from rsg_timm.plots import plot_per_class_accuracy  # noqa: E402
@@ -163,7 +163,7 @@ def _empty_groups(per_class: pd.DataFrame) -> List[str]:
     """Why a group reads n/a: at CIFAR-10-LT rho = 100 the rarest class has 50 images, so no class is few-shot."""
     if (per_class['shot'] == 'few').any():
         return []
-    return [f'No class has fewer than {FEW_SHOT_MAX} training images (the rarest has '
+    return [f'No class has fewer than {FEW_SHOT_BELOW} training images (the rarest has '
             f'{int(per_class["train_count"].min())}), so the few-shot group is empty: n/a.', '']
 
 

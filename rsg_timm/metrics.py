@@ -1,9 +1,9 @@
 """Long-tail evaluation: top-k, per-class and many/medium/few-shot accuracy, confusion matrix, ECE/MCE.
 
-Definitions follow ``docs/reference/peers-features.md``:
+Definitions follow the long-tail papers the numbers are compared with:
 
-* shot groups by training images per class n_j: many ``n_j > MANY_SHOT_MIN``, medium
-  ``FEW_SHOT_MAX <= n_j <= MANY_SHOT_MIN``, few ``n_j < FEW_SHOT_MAX`` (Decoupling / OLTR thresholds 100
+* shot groups by training images per class n_j: many ``n_j > MANY_SHOT_ABOVE``, medium
+  ``FEW_SHOT_BELOW <= n_j <= MANY_SHOT_ABOVE``, few ``n_j < FEW_SHOT_BELOW`` (Decoupling / OLTR thresholds 100
   and 20); a group accuracy is the unweighted mean of its classes' top-1 accuracies. An empty group is
   reported as NaN (shown as "n/a") together with the group sizes, rather than Decoupling's 0.
 * ECE / MCE (MiSLAS ``utils/metric.py``): 15 equal-width bins on the top-1 softmax confidence, closed on
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .constants import FEW_SHOT_MAX, MANY_SHOT_MIN
+from .constants import FEW_SHOT_BELOW, MANY_SHOT_ABOVE
 from .losses import ClassCounts
 
 __all__ = [
@@ -120,9 +120,9 @@ def shot_split(class_counts: ClassCounts) -> Dict[str, List[int]]:
     """Class ids per shot group, by training images: many > 100, 20 <= medium <= 100, few < 20."""
     counts = torch.as_tensor(class_counts, device='cpu').flatten().tolist()
     return {
-        'many': [c for c, n in enumerate(counts) if n > MANY_SHOT_MIN],
-        'medium': [c for c, n in enumerate(counts) if FEW_SHOT_MAX <= n <= MANY_SHOT_MIN],
-        'few': [c for c, n in enumerate(counts) if n < FEW_SHOT_MAX],
+        'many': [c for c, n in enumerate(counts) if n > MANY_SHOT_ABOVE],
+        'medium': [c for c, n in enumerate(counts) if FEW_SHOT_BELOW <= n <= MANY_SHOT_ABOVE],
+        'few': [c for c, n in enumerate(counts) if n < FEW_SHOT_BELOW],
     }
 
 

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence, Tuple
 import pandas as pd
 
 from .atomic import atomic_write
-from .constants import FEW_SHOT_MAX, MANY_SHOT_MIN, TRAIN_METRICS
+from .constants import FEW_SHOT_BELOW, MANY_SHOT_ABOVE, TRAIN_METRICS
 
 __all__ = ['plot_per_class_accuracy', 'plot_training_curves']
 
@@ -37,8 +37,8 @@ def plot_per_class_accuracy(per_class: pd.DataFrame, path: str) -> Optional[str]
     ax = fig.add_subplot()
     ax.scatter(per_class['train_count'], per_class['accuracy'], s=12)
     ax.set_xscale('log')
-    ax.axvline(MANY_SHOT_MIN, color='grey', linestyle='--', linewidth=0.8)
-    ax.axvline(FEW_SHOT_MAX, color='grey', linestyle='--', linewidth=0.8)
+    ax.axvline(MANY_SHOT_ABOVE, color='grey', linestyle='--', linewidth=0.8)
+    ax.axvline(FEW_SHOT_BELOW, color='grey', linestyle='--', linewidth=0.8)
     ax.set_xlabel('training images per class')
     ax.set_ylabel('top-1 accuracy (%)')
     ax.set_ylim(-2, 102)
