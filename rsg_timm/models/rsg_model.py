@@ -22,8 +22,6 @@ timm weights (RSG starts fresh): every timm tag of the backbone is registered fo
 (``rsg_resnet152.tv_in1k``), with the same default; and RSG is registered after the head so that ``features_only``
 gives the backbone's features. ``model(x)`` returns logits (eval, validation, export and every timm tool see the backbone);
 ``model(x, target=y)`` in train mode returns an :class:`RSGOutput`.
-
-Hacked together for rsg_timm; Apache-2.0.
 """
 import inspect
 import logging
