@@ -34,8 +34,9 @@ from rsg_timm.data_parallel import EmulatedDataParallel
 from rsg_timm.engine import check_divergence, evaluate, format_loss_terms, train_one_epoch
 from rsg_timm.export import save_pretrained
 from rsg_timm.losses import create_loss, create_reweight, loss_kwargs
-from rsg_timm.metrics import format_metrics, plot_per_class_accuracy, plot_training_curves
+from rsg_timm.metrics import format_metrics
 from rsg_timm.models import is_rsg_model
+from rsg_timm.plots import plot_per_class_accuracy, plot_training_curves
 from rsg_timm.posthoc import training_logit_scale
 from rsg_timm.recipes import EPOCH_SWITCHES, create_lr_scheduler, create_recipe_model, create_recipe_optimizer, \
     rescale_schedule, resolve_recipe
@@ -335,7 +336,7 @@ def _train(argv, cleanup: contextlib.ExitStack) -> dict:
             eta = elapsed / (epoch + 1 - start_epoch) * (num_epochs - epoch - 1)
             phase = ''
             if is_rsg_model(model):
-                phase = ' [RSG generation]' if epoch > model.rsg.epoch_thresh else ' [RSG CESC]'
+                phase = ' [RSG generation]' if model.rsg.generates(epoch) else ' [RSG CESC]'
             _logger.info(f'epoch {epoch} ({epoch + 1}/{num_epochs}, {_format_duration(elapsed)} elapsed, ETA '
                          f'{_format_duration(eta)}): {format_loss_terms(train_metrics)}'
                          + (f' +{train_metrics["generated"]:.1f} generated/batch' if is_rsg_model(model) else '')

@@ -35,7 +35,8 @@ from rsg_timm.data import create_lt_dataset, create_lt_loader, list_lt_datasets
 from rsg_timm.engine import evaluate
 from rsg_timm.losses import LDAM_DEFAULT_S
 from rsg_timm.export import strip_rsg
-from rsg_timm.metrics import format_metrics, plot_per_class_accuracy
+from rsg_timm.metrics import format_metrics
+from rsg_timm.plots import plot_per_class_accuracy
 from rsg_timm.models.pretrained import load_pretrained_tags
 from rsg_timm.posthoc import has_nonlinear_classifier, logit_adjust, tau_normalize, training_logit_scale
 from rsg_timm.run_folder import read_args_yaml

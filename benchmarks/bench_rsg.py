@@ -43,7 +43,7 @@ from rsg_timm.data.loader import TensorBatchLoader
 from rsg_timm.data.transforms import CifarBatchTransform
 from rsg_timm.engine import autocast_context, train_one_epoch
 from rsg_timm.models import backbone_arch
-from rsg_timm.rsg import RSG
+from rsg_timm.rsg import RSG, num_head_classes
 
 STEP_COLUMNS = ('model', 'phase', 'batch', 'dtype', 'memory_format', 'plain_ms', 'rsg_ms', 'ratio', 'plain_peak_mb',
                 'rsg_peak_mb')
@@ -400,8 +400,8 @@ def bench_module(
     torch.manual_seed(0)
     target = long_tail_labels(batch, num_classes)[0].to(device)
     kwargs = dict(n_center=N_CENTER, feature_maps_shape=[channels, size, size], num_classes=num_classes,
-                  contrastive_module_dim=CONTRASTIVE_DIM, head_class_lists=range(int(HEAD_RATIO * num_classes)),
-                  epoch_thresh=RSG_THRESH, device=device)
+                  contrastive_module_dim=CONTRASTIVE_DIM, epoch_thresh=RSG_THRESH, device=device,
+                  head_class_lists=range(num_head_classes(HEAD_RATIO, num_classes)))
     rsg = RSG(**kwargs)
     direct = DirectRSG(**kwargs)
     direct.load_state_dict(rsg.state_dict())

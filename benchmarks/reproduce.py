@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rsg_timm.cli import run_cli  # noqa: E402
+from rsg_timm.metrics import SHOT_GROUPS  # noqa: E402
 from rsg_timm.model_card import markdown_table  # noqa: E402
 from rsg_timm.models import is_rsg_model  # noqa: E402
 from rsg_timm.recipes import scaled_schedule  # noqa: E402
@@ -59,7 +60,8 @@ PAPER_TOP1: Dict[str, Dict[str, Tuple[float, str]]] = {
         'ldam_drw': (58.71, 'LDAM-DRW paper, Err 41.29'),
     },
 }
-_SHOTS = ('top1', 'many', 'medium', 'few')
+# The accuracies of a result row: top-1 and the shot groups.
+RESULT_KEYS = ('top1', *SHOT_GROUPS)
 
 
 def _method_name(method: str) -> str:
@@ -117,8 +119,8 @@ def _result_row(set_name: str, method: str, run_dir: Path) -> Dict[str, object]:
     paper, source = PAPER_TOP1.get(set_name, {}).get(method, (float('nan'), ''))
     row: Dict[str, object] = dict(set=set_name, method=_method_name(method), recipe=run_dir.name,
                                   epochs=int(last['epoch']) + 1)
-    row.update({f'{k}_last': float(last[f'eval_{k}']) for k in _SHOTS})
-    row.update({f'{k}_best': float(best[f'eval_{k}']) for k in _SHOTS})
+    row.update({f'{k}_last': float(last[f'eval_{k}']) for k in RESULT_KEYS})
+    row.update({f'{k}_best': float(best[f'eval_{k}']) for k in RESULT_KEYS})
     row.update(best_epoch=int(best['epoch']), paper_top1_best=paper, paper_source=source, run_dir=str(run_dir))
     return row
 

@@ -20,6 +20,7 @@
 ``--dry-run`` prints the page and changes no zoo file.
 """
 import argparse
+import dataclasses
 import os
 import platform
 import re
@@ -35,20 +36,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / 'benchmarks')]
 
 from rsg_timm.cli import run_cli  # noqa: E402
-from rsg_timm.constants import FEW_SHOT_MAX  # noqa: E402
-from rsg_timm.metrics import plot_per_class_accuracy  # noqa: E402
+from rsg_timm.constants import FEW_SHOT_BELOW  # noqa: E402
 from rsg_timm.model_card import markdown_table  # noqa: E402
-from rsg_timm.models.pretrained import PRETRAINED_DIR, add_pretrained, load_pretrained_tags, \
-    remove_pretrained  # noqa: E402
+from rsg_timm.models.pretrained import PRETRAINED_DIR, load_pretrained_tags  # noqa: E402
+from rsg_timm.plots import plot_per_class_accuracy  # noqa: E402
 from rsg_timm.posthoc import training_logit_scale  # noqa: E402
 from rsg_timm.run_folder import TrainingRun, read_run  # noqa: E402
-from reproduce import PAPER_TOP1 as _PAPER  # noqa: E402
+from rsg_timm.zoo_authoring import accuracy_note, add_pretrained, remove_pretrained  # noqa: E402
+from reproduce import PAPER_TOP1 as _PAPER, RESULT_KEYS  # noqa: E402
 
 # The paper's top-1 (best test epoch, ResNet-32) of each method.
 PAPER_TOP1 = {method: top1 for method, (top1, _) in _PAPER['cifar10_lt_r100'].items()}
 TAGS = {'ldam_drw': 'ldam_drw_cifar10_lt_r100', 'ldam_drw_rsg': 'ldam_drw_rsg_cifar10_lt_r100'}
 RETIRED = ('ldam_drw_cifar10_lt_r100_cpu20e', 'ldam_drw_rsg_cifar10_lt_r100_cpu20e')
-_SHOTS = ('top1', 'many', 'medium', 'few')
 
 
 def paper_run_commits(driver: Path = REPO / 'benchmarks' / 'paper_runs.sh') -> Dict[str, str]:
@@ -79,8 +79,10 @@ def forked_history(plain: TrainingRun, source: TrainingRun) -> pd.DataFrame:
     return pd.concat([shared[columns], plain.summary[columns]], ignore_index=True)
 
 
-def _best(summary: pd.DataFrame) -> pd.Series:
-    return summary.loc[summary['eval_top1'].idxmax()]  # first of equals, as the checkpoint saver
+def _whole_run(run: TrainingRun, history: pd.DataFrame) -> TrainingRun:
+    """``run`` with its whole evaluation history (a forked run's begins in its source run), so that its best epoch is
+    chosen over all epochs by its own ``--eval-metric``."""
+    return dataclasses.replace(run, summary=history)
 
 
 def _compute_hours(summary: pd.DataFrame, images_per_epoch: int) -> float:
@@ -100,10 +102,8 @@ def machine() -> str:
 
 def _notes(method: str, run: TrainingRun, last: pd.Series, best: pd.Series, commit: str,
            hours: Dict[str, float]) -> List[str]:
-    shots = ', '.join(f'{k} {last[f"eval_{k}"]:.2f}' for k in ('many', 'medium', 'few'))
     notes = [
-        f'top-1 {last["eval_top1"]:.2f} (last epoch {int(last["epoch"])}; {shots}); best-on-test '
-        f'{best["eval_top1"]:.2f} at epoch {int(best["epoch"])}; paper (best epoch) {PAPER_TOP1[method]:.2f}',
+        f'{accuracy_note(last, best)}; paper (best epoch) {PAPER_TOP1[method]:.2f}',
         f'trained with: python train.py --config configs/{run.run_dir.name}.yaml --data-dir DATA --channels-last, '
         f'at commit {commit}, on {machine()} (benchmarks/paper_runs.sh); training steps '
         + ', '.join(f'{k}: {v:.1f} h' for k, v in hours.items()),
@@ -163,7 +163,7 @@ def _empty_groups(per_class: pd.DataFrame) -> List[str]:
     """Why a group reads n/a: at CIFAR-10-LT rho = 100 the rarest class has 50 images, so no class is few-shot."""
     if (per_class['shot'] == 'few').any():
         return []
-    return [f'No class has fewer than {FEW_SHOT_MAX} training images (the rarest has '
+    return [f'No class has fewer than {FEW_SHOT_BELOW} training images (the rarest has '
             f'{int(per_class["train_count"].min())}), so the few-shot group is empty: n/a.', '']
 
 
@@ -173,10 +173,10 @@ def results_page(runs: Dict[str, TrainingRun], histories: Dict[str, pd.DataFrame
     rows, last = [], {}
     for method, name in (('ldam_drw', 'LDAM-DRW'), ('ldam_drw_rsg', 'LDAM-DRW + RSG')):
         history = histories[method]
-        last[method], best = history.iloc[-1], _best(history)
-        rows.append((f'{name} (`{tags[method]}`)', *(last[method][f'eval_{k}'] for k in _SHOTS),
+        last[method], best = history.iloc[-1], _whole_run(runs[method], history).best
+        rows.append((f'{name} (`{tags[method]}`)', *(last[method][f'eval_{k}'] for k in RESULT_KEYS),
                      f'{best["eval_top1"]:.2f} ({int(best["epoch"])})', PAPER_TOP1[method]))
-    gain = [last['ldam_drw_rsg'][f'eval_{k}'] - last['ldam_drw'][f'eval_{k}'] for k in _SHOTS]
+    gain = [last['ldam_drw_rsg'][f'eval_{k}'] - last['ldam_drw'][f'eval_{k}'] for k in RESULT_KEYS]
     first = int(runs['ldam_drw'].summary['epoch'].iloc[0])
     rows.append(('RSG minus baseline', *gain, '', PAPER_TOP1['ldam_drw_rsg'] - PAPER_TOP1['ldam_drw']))
     verdict = 'ahead of' if gain[0] > 0 else 'not ahead of'
@@ -243,7 +243,7 @@ def ship(rsg_run: Path, plain_run: Path, *, pretrained_dir: Path = PRETRAINED_DI
         if first:
             shared = runs['ldam_drw_rsg'].summary.iloc[:first]
             hours[f'epochs 0-{first - 1}, shared with the RSG run'] = _compute_hours(shared, images)
-        all_notes[method] = _notes(method, run, history.iloc[-1], _best(history), commits[method], hours)
+        all_notes[method] = _notes(method, run, history.iloc[-1], _whole_run(run, history).best, commits[method], hours)
         notes = [*all_notes[method], f'model card: rsg_timm/pretrained/{card}']  # the tag points at the card
         if dry_run:
             tags[method] = f'<arch>.{TAGS[method]}'

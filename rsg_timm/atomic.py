@@ -1,7 +1,4 @@
-"""Write a file so that no reader, and no kill, ever sees half of it: write a hidden file beside it, then rename.
-
-Hacked together for rsg_timm; Apache-2.0.
-"""
+"""Write a file so that no reader, and no kill, ever sees half of it: write a hidden file beside it, then rename."""
 import contextlib
 import os
 import tempfile

@@ -2,7 +2,7 @@
 
 __all__ = [
     'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
-    'MANY_SHOT_MIN', 'FEW_SHOT_MAX', 'CLASS_COUNTS_KEY', 'LABEL_NAMES_KEY', 'LOGIT_SCALE_KEY', 'RSG_KEY_PREFIX',
+    'MANY_SHOT_ABOVE', 'FEW_SHOT_BELOW', 'CLASS_COUNTS_KEY', 'LABEL_NAMES_KEY', 'LOGIT_SCALE_KEY', 'RSG_KEY_PREFIX',
     'TRAIN_METRICS',
 ]
 
@@ -12,9 +12,10 @@ CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
-# Many-shot: more than 100 training images; few-shot: fewer than 20; medium: 20..100 (Decoupling / OLTR).
-MANY_SHOT_MIN = 100
-FEW_SHOT_MAX = 20
+# Many-shot: more than 100 training images; few-shot: fewer than 20; medium: 20..100 (Decoupling / OLTR). Both are
+# exclusive bounds of their own group, hence ABOVE / BELOW.
+MANY_SHOT_ABOVE = 100
+FEW_SHOT_BELOW = 20
 
 # Keys under which training class counts and label names travel in checkpoints and config.json.
 CLASS_COUNTS_KEY = 'class_counts'

@@ -51,7 +51,7 @@ def read_export_config(model_name: str, cache_dir: Optional[str] = None) -> Dict
 def _check_export_classes(config: Dict[str, Any], model: nn.Module, model_name: str) -> None:
     """Refuse an export whose ``config.json`` disagrees on the class count: timm builds the head from
     ``model_args`` but loads the weights' head only when ``pretrained_cfg`` agrees, else leaves it random."""
-    labels = config.get(LABEL_NAMES_KEY) or config.get('label_names')
+    labels = config.get(LABEL_NAMES_KEY)
     counts = {
         'the built model': model.num_classes,
         'num_classes': config.get('num_classes'),
@@ -104,7 +104,7 @@ def create_eval_model(
         _check_export_classes(config, model, model_name)
         if config.get(COSINE_CLASSIFIER_KEY):
             linear_to_cosine(model)  # the export's linear fc stands for a cosine head: restore its logits
-        return model, config.get(CLASS_COUNTS_KEY), config.get(LABEL_NAMES_KEY) or config.get('label_names')
+        return model, config.get(CLASS_COUNTS_KEY), config.get(LABEL_NAMES_KEY)
 
     check_rsg_family(model_name)
     if not checkpoint_path:

@@ -9,9 +9,8 @@ The result loads with ``timm.create_model('hf-hub:ORG/NAME', pretrained=True)`` 
 ``python validate.py --model hf-hub:ORG/NAME``.
 
 ``python -m rsg_timm.hub add-pretrained RUN_DIR --tag TAG --hf-hub-id ORG/NAME`` copies the backbone into the
-package's zoo (:mod:`rsg_timm.models.pretrained`), so it loads as ``timm.create_model('<arch>.<TAG>',
-pretrained=True)``. (It lives here rather than as ``python -m rsg_timm.models.pretrained``: the package imports that
-module itself, and running an already imported module with ``-m`` executes it twice.)
+package's zoo (:func:`rsg_timm.zoo_authoring.add_pretrained`), so it loads as ``timm.create_model('<arch>.<TAG>',
+pretrained=True)``.
 """
 import argparse
 import json
@@ -22,10 +21,12 @@ from typing import List, Optional, Union
 
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-from huggingface_hub.utils import httpx, validate_repo_id  # httpx: the client's HTTP library (huggingface_hub >= 2)
+from huggingface_hub.utils import httpx  # httpx: the client's HTTP library (huggingface_hub >= 2)
 
+from .hub_repo_id import check_repo_id
+from .models.pretrained import PRETRAINED_DIR, TAGS_FILE
 from .publish import export_run
-from .models.pretrained import PRETRAINED_DIR, add_pretrained
+from .zoo_authoring import add_pretrained
 
 __all__ = ['push_to_hub']
 
@@ -34,12 +35,6 @@ _logger = logging.getLogger(__name__)
 _DEFAULT_COMMIT_MESSAGE = 'Add rsg_timm model'
 
 PathLike = Union[str, os.PathLike]
-
-def _check_repo_id(repo_id: str, flag: str = '--repo-id') -> None:
-    """The Hub's own rules, so a dry run refuses what a push would."""
-    if repo_id.count('/') != 1 or not all(repo_id.split('/')):
-        raise ValueError(f'{flag} {repo_id!r}: pass ORG/NAME (timm loads hf-hub:ORG/NAME)')
-    validate_repo_id(repo_id)  # HFValidationError, a ValueError naming the rule
 
 
 def push_to_hub(
@@ -70,7 +65,7 @@ def push_to_hub(
         ConnectionError: the Hub (``HF_ENDPOINT``, huggingface.co by default) cannot be reached, naming it.
         PermissionError: the Hub refused the token (none, or no write access to the namespace).
     """
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     if dry_run_dir is not None:
         if os.path.exists(dry_run_dir) and not os.path.isdir(dry_run_dir):
             raise ValueError(f'--dry-run {dry_run_dir} is a file: pass a new or empty folder to stage into')
@@ -127,9 +122,9 @@ def main(argv: Optional[List[str]] = None) -> str:
         return push_to_hub(args.run_dir, args.repo_id, private=args.private, dry_run_dir=args.dry_run,
                            token=args.token, commit_message=args.commit_message)
     if args.hf_hub_id is not None:
-        _check_repo_id(args.hf_hub_id, '--hf-hub-id')
+        check_repo_id(args.hf_hub_id, '--hf-hub-id')
     name, entry = add_pretrained(args.run_dir, args.tag, args.hf_hub_id, notes=args.note, replace=args.replace)
-    return f'{name} added to {PRETRAINED_DIR / "tags.json"}:\n{json.dumps(entry, indent=2)}'
+    return f'{name} added to {PRETRAINED_DIR / TAGS_FILE}:\n{json.dumps(entry, indent=2)}'
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 from timm.models import get_pretrained_cfg, split_model_name_tag
 
-from .constants import CLASS_COUNTS_KEY, FEW_SHOT_MAX, LOGIT_SCALE_KEY, MANY_SHOT_MIN
+from .constants import CLASS_COUNTS_KEY, FEW_SHOT_BELOW, LOGIT_SCALE_KEY, MANY_SHOT_ABOVE
 from .data.list_lt import LIST_LT_SPECS, folder_split_dir
 from .metrics import shot_split
 from .models import COSINE_CLASSIFIER_KEY, backbone_arch, is_rsg_model
@@ -246,9 +246,9 @@ def _dataset_section(counts: Optional[List[int]]) -> str:
         f'(measured imbalance {max(counts) / max(min(counts), 1):.1f}).',
         '',
         markdown_table(['group', 'training images per class', 'classes'], [
-            ('many', f'> {MANY_SHOT_MIN}', len(groups['many'])),
-            ('medium', f'{FEW_SHOT_MAX}..{MANY_SHOT_MIN}', len(groups['medium'])),
-            ('few', f'< {FEW_SHOT_MAX}', len(groups['few'])),
+            ('many', f'> {MANY_SHOT_ABOVE}', len(groups['many'])),
+            ('medium', f'{FEW_SHOT_BELOW}..{MANY_SHOT_ABOVE}', len(groups['medium'])),
+            ('few', f'< {FEW_SHOT_BELOW}', len(groups['few'])),
         ]),
     ])
 
@@ -282,7 +282,7 @@ def _results_section(run: TrainingRun, split: str, logit_scale: float) -> str:
              *(best.get(f'eval_{k}', math.nan) for k in _RESULT_KEYS))]
     text = [
         f'Accuracy (%) on the {split}; many/medium/few are the mean per-class accuracy of classes with > '
-        f'{MANY_SHOT_MIN}, {FEW_SHOT_MAX}..{MANY_SHOT_MIN} and < {FEW_SHOT_MAX} training images. '
+        f'{MANY_SHOT_ABOVE}, {FEW_SHOT_BELOW}..{MANY_SHOT_ABOVE} and < {FEW_SHOT_BELOW} training images. '
         + _calibration_note(run, logit_scale),
         '',
         markdown_table(['epoch', *_RESULT_KEYS], rows),

@@ -5,8 +5,6 @@ the model, optimizer and learning-rate schedule that the resolved flags describe
 apply the same rules. The epoch milestones are those of the official RSG CIFAR-LT code, as shares of its 200
 epochs: the learning rate x0.01 from 0-based epoch 159 and x1e-4 from 179, DRW from 160, RSG's generation after
 159. timm's multistep scheduler applies milestone ``m`` from epoch ``m - 1``, hence the milestones 160 / 180.
-
-Hacked together for rsg_timm; Apache-2.0.
 """
 import argparse
 import difflib

@@ -4,8 +4,6 @@
 A resumed run takes back the run's flags and its whole training state (weights, optimizer, AMP scaler, epoch and
 random generators), so that it goes on as if it had not stopped; a fork keeps the flags given now and takes the
 state of the tensors both models share.
-
-Hacked together for rsg_timm; Apache-2.0.
 """
 import argparse
 import logging

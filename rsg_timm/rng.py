@@ -9,8 +9,6 @@ back when a run continues (``--resume``, ``--fork``), so that it draws what the 
 numpy's global generator is left out: nothing in the training path draws from it. Loader workers are seeded by their
 loader from the run's seed and the epoch (``rsg_timm.data.loader``), and the in-memory datasets and the samplers draw
 from their own per-epoch generators, so none of them needs saving.
-
-Hacked together for rsg_timm; Apache-2.0.
 """
 import logging
 import random

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .compat import assert_on_device
 
-__all__ = ['RSG', 'RSGForwardOutput', 'check_transfer_strength', 'plan_mv_pairs']
+__all__ = ['RSG', 'RSGForwardOutput', 'check_transfer_strength', 'num_head_classes', 'plan_mv_pairs']
 
 
 class RSGForwardOutput(NamedTuple):
@@ -66,51 +66,59 @@ def _mean_of_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     return F.linear(window_sums.flatten(1), taps, bias * (H * W)) / (H * W)
 
 
+def num_head_classes(head_ratio: float, num_classes: int) -> int:
+    """How many classes are head classes, ``int(head_ratio * num_classes)``: the official rule (the most frequent
+    classes; which ones is the caller's choice)."""
+    return int(head_ratio * num_classes)
+
+
 def _check_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f'RSG: {name} must be an integer >= {minimum}, got {value!r}')
     return int(value)
 
 
-def check_transfer_strength(strength: float) -> float:
-    """``strength`` as a float when it lies in ``(0, 1]``; a ``ValueError`` naming ``--rsg-strength`` otherwise.
+def check_transfer_strength(transfer_strength: float) -> float:
+    """``transfer_strength`` as a float when it lies in ``(0, 1]``; a ``ValueError`` naming ``--rsg-strength``
+    otherwise.
 
     The strength sets the share ``S / (n_big // n_small)`` of the batch's full head/tail segments that generate
     samples, so 1 already generates the most the batch holds. The official code takes values above 1 but then
     slices past the end of the batch, which fails on mismatched shapes (or gives NaN losses) at the first generating
     epoch, so it never generates more either; such a value is refused here before training starts.
     """
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
-            or not 0 < strength <= 1:
-        raise ValueError(f'RSG: transfer_strength (--rsg-strength) must lie in (0, 1], got {strength!r}: at 1 (the '
-                         f'default) every full head/tail segment of the batch generates samples, the most it holds '
-                         f'(the official code fails above 1); lower values use that share of the segments')
-    return float(strength)
+    if isinstance(transfer_strength, bool) or not isinstance(transfer_strength, numbers.Real) \
+            or not math.isfinite(transfer_strength) or not 0 < transfer_strength <= 1:
+        raise ValueError(f'RSG: transfer_strength (--rsg-strength) must lie in (0, 1], got {transfer_strength!r}: at 1 '
+                         f'(the default) every full head/tail segment of the batch generates samples, the most it '
+                         f'holds (the official code fails above 1); lower values use that share of the segments')
+    return float(transfer_strength)
 
 
 def plan_mv_pairs(
         head_idx: torch.Tensor,
         tail_idx: torch.Tensor,
-        strength: float,
+        transfer_strength: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pair head with tail samples the way the official segment loop does, as two index vectors.
 
     With ``nh >= nt`` segment ``j`` pairs heads ``[j*nt, (j+1)*nt)`` with every tail; otherwise it pairs every
-    head with tails ``[j*nh, (j+1)*nh)``. The segment count is ``S = max(1, int(n_big * strength / n_small))``;
-    with ``0 < strength <= 1`` every segment is full (:func:`check_transfer_strength` says why more is refused).
+    head with tails ``[j*nh, (j+1)*nh)``. The segment count is ``S = max(1, int(n_big * s / n_small))`` for the
+    transfer strength ``s``; with ``0 < s <= 1`` every segment is full (:func:`check_transfer_strength` says why more
+    is refused).
 
     Args:
         head_idx: batch positions of the head samples, in batch order (``[nh]``, ``nh >= 1``).
         tail_idx: batch positions of the tail samples, in batch order (``[nt]``, ``nt >= 1``).
-        strength: the transfer strength ``s``, in ``(0, 1]``.
+        transfer_strength: the transfer strength ``s``, in ``(0, 1]``.
 
     Returns:
         ``(a, b)`` batch positions of the head and tail sample of every pair, segment after segment.
     """
-    strength = check_transfer_strength(strength)
+    transfer_strength = check_transfer_strength(transfer_strength)
     nh, nt = head_idx.numel(), tail_idx.numel()
     big, small = max(nh, nt), min(nh, nt)
-    segments = max(1, int(big * strength / small))
+    segments = max(1, int(big * transfer_strength / small))
     if nh >= nt:
         return head_idx[:segments * nt], tail_idx.repeat(segments)
     return head_idx.repeat(segments), tail_idx[:segments * nh]
@@ -153,7 +161,7 @@ class RSG(nn.Module):
                                                  contrastive_module_dim)
         if isinstance(epoch_thresh, bool) or not isinstance(epoch_thresh, numbers.Integral):
             raise ValueError(f'RSG: epoch_thresh (--rsg-epoch-thresh) must be an integer epoch, got {epoch_thresh!r}')
-        self.strength = check_transfer_strength(transfer_strength)
+        self.transfer_strength = check_transfer_strength(transfer_strength)
         self.epoch_thresh = int(epoch_thresh)
         C, K, D = self.C, n_center, contrastive_module_dim
 
@@ -189,9 +197,13 @@ class RSG(nn.Module):
         return (
             f'feature_maps_shape={[self.C, self.H, self.W]}, num_classes={self.num_classes}, '
             f'n_center={self.n_center}, contrastive_module_dim={self.contrastive_module_dim}, '
-            f'transfer_strength={self.strength}, epoch_thresh={self.epoch_thresh}, '
+            f'transfer_strength={self.transfer_strength}, epoch_thresh={self.epoch_thresh}, '
             f'num_head_classes={int(self.head_mask.sum())}'
         )
+
+    def generates(self, epoch: int) -> bool:
+        """Whether ``epoch`` is in the generation phase (after ``epoch_thresh``); before it, the CESC pair loss."""
+        return epoch > self.epoch_thresh
 
     def set_head_classes(self, head_class_lists: Union[Sequence[int], torch.Tensor]) -> None:
         """Replace the stored head classes (used when ``forward`` gets no ``head_class_lists``)."""
@@ -295,7 +307,7 @@ class RSG(nn.Module):
             feature_maps: stage output ``[B, C, H, W]``; passed through with its gradient.
             head_class_lists: head class ids for this call; ``None`` uses the stored ones.
             target: labels ``[B]``.
-            epoch: current epoch; ``epoch > epoch_thresh`` switches from the pair loss to generation.
+            epoch: current epoch; :meth:`generates` switches from the pair loss to generation.
 
         Returns:
             ``(feature_maps, loss_cesc, loss_mv, target)`` with the generated samples appended.
@@ -325,7 +337,7 @@ class RSG(nn.Module):
             pooled = g.float().mean(dim=(2, 3))  # [B, C]
             gamma = self._center_logits(pooled, target).float().softmax(dim=1)  # [B, K]
             loss_cesc = self._cesc_center_loss(g, pooled, gamma, target)
-        generate = epoch > self.epoch_thresh
+        generate = self.generates(epoch)
         if not generate and g.shape[0] >= 2:
             loss_cesc = loss_cesc + self._cesc_pair_loss(g, target)
 
@@ -337,7 +349,7 @@ class RSG(nn.Module):
             num_head = target.numel() - num_tail
             if num_head and num_tail:
                 order = torch.argsort(is_tail.to(torch.int8), stable=True)  # heads first, batch order kept
-                a, b = plan_mv_pairs(order[:num_head], order[num_head:], self.strength)
+                a, b = plan_mv_pairs(order[:num_head], order[num_head:], self.transfer_strength)
                 z, loss_mv = self._generate(g, target, gamma.detach(), a, b)
                 out = torch.cat([feature_maps, z.to(feature_maps.dtype)], dim=0)
                 out_target = torch.cat([target, target[b]], dim=0)

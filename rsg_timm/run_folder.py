@@ -5,8 +5,6 @@ A run folder holds ``args.yaml`` (the resolved flags), ``summary.csv`` (one row 
 checkpoints (``last.pth.tar``, ``checkpoint-<epoch>.pth.tar``, ``model_best.pth.tar``), and once the run ends the
 export (``model.safetensors``, ``config.json``), ``per_class.csv`` and the figures; ``.train.lock`` names the process
 writing it (:func:`lock_run_dir`).
-
-Hacked together for rsg_timm; Apache-2.0.
 """
 import argparse
 import contextlib

@@ -30,7 +30,7 @@ def reference_rsg(rsg, f, target, head, epoch):
     heads, tails = is_head.nonzero().flatten().tolist(), (~is_head).nonzero().flatten().tolist()
     nh, nt = len(heads), len(tails)
     if epoch > rsg.epoch_thresh and nh and nt:
-        s = rsg.strength
+        s = rsg.transfer_strength
         segments = max(1, int(max(nh, nt) * s / min(nh, nt)))
         cen = rsg.centers.detach()
         frozen = {k: v.detach() for k, v in rsg.contrastive_module.named_parameters()}

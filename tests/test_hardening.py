@@ -15,7 +15,7 @@ from rsg_timm import RSG, hub
 from rsg_timm.checkpoint import CheckpointError, RunCheckpointSaver, find_resume_checkpoint, load_training_checkpoint
 from rsg_timm.data import create_lt_dataset
 from rsg_timm.eval_model import create_eval_model
-from rsg_timm.models.pretrained import add_pretrained
+from rsg_timm.zoo_authoring import add_pretrained
 from rsg_timm.resume import restore_flags
 from rsg_timm.train_flags import restored_on_resume
 

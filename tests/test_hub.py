@@ -14,7 +14,8 @@ from timm.models import get_pretrained_cfg
 
 from rsg_timm import hub
 from rsg_timm.eval_model import create_eval_model
-from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags, remove_pretrained, resolve_zoo_tag
+from rsg_timm.models.pretrained import load_pretrained_tags, resolve_zoo_tag
+from rsg_timm.zoo_authoring import add_pretrained, remove_pretrained
 
 from helpers import TINY_COUNTS, load_script
 
@@ -237,3 +238,14 @@ def test_retired_tags_are_not_offered(name):
     assert name not in load_pretrained_tags() and name not in timm.list_pretrained()
     with pytest.raises(RuntimeError, match='Invalid pretrained tag'):
         timm.create_model(name, pretrained=True)
+
+
+@pytest.mark.parametrize('bad_id', ['no-org', 'me/a..b', 'me/', 'a/b/c', 'me/-name'])
+def test_push_and_add_pretrained_refuse_the_same_hub_ids(run_dir, tmp_path, bad_id):
+    """One rule for every Hub id: ORG/NAME by the Hub's own validator, before anything is staged or written."""
+    with pytest.raises(ValueError, match='--repo-id'):
+        hub.push_to_hub(run_dir, bad_id, dry_run_dir=tmp_path / 'out')
+    assert not (tmp_path / 'out').exists()
+    with pytest.raises(ValueError, match='--hf-hub-id'):
+        add_pretrained(run_dir, 'zoo_test', bad_id, pretrained_dir=tmp_path / 'zoo')
+    assert not (tmp_path / 'zoo').exists()

@@ -17,7 +17,7 @@ import timm
 import torch
 
 from rsg_timm import hub
-from rsg_timm.models.pretrained import add_pretrained
+from rsg_timm.zoo_authoring import add_pretrained
 
 from helpers import REPO_DIR, load_script
 from hub_server import LocalHub

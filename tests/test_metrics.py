@@ -9,9 +9,10 @@ import torch
 import torch.nn as nn
 
 from rsg_timm.metrics import (
-    LongTailEvaluator, accuracy, calibration_error, confusion_matrix, format_metrics, per_class_accuracy,
-    plot_per_class_accuracy, shot_accuracy, shot_split,
+    LongTailEvaluator, accuracy, calibration_error, confusion_matrix, format_metrics, per_class_accuracy, shot_accuracy,
+    shot_split,
 )
+from rsg_timm.plots import plot_per_class_accuracy
 from rsg_timm.posthoc import logit_adjust, tau_normalize, tau_normalize_classifier
 
 # Class 0..1 many (>100), 2..3 medium (20..100, both ends inclusive), no few-shot class.

@@ -4,7 +4,7 @@ embed the run's figures, and give commands that work; training curves are drawn 
 import pandas as pd
 import pytest
 
-from rsg_timm.metrics import _loss_columns, plot_training_curves
+from rsg_timm.plots import _loss_columns, plot_training_curves
 from rsg_timm.model_card import create_model_card
 from rsg_timm.run_folder import TrainingRun
 

@@ -73,11 +73,12 @@ def test_registration():
 
 
 def test_import_loads_only_the_model_code():
-    """``import rsg_timm`` registers the models without the data, metrics or run-reading layers, and reads the zoo
-    table once (to register its tags)."""
+    """``import rsg_timm`` registers the models without the data, metrics, plots or run-reading layers or the zoo
+    authoring tool, and reads the zoo table once (to register its tags)."""
     code = ('import sys, rsg_timm; from rsg_timm.models.pretrained import _shipped_tags; '
             'print(sorted(m for m in sys.modules if m.split(".")[0] in ("pandas", "matplotlib") '
-            'or m.startswith(("rsg_timm.data", "rsg_timm.metrics", "rsg_timm.model_card", "rsg_timm.losses")))); '
+            'or m.startswith(("rsg_timm.data", "rsg_timm.metrics", "rsg_timm.model_card", "rsg_timm.losses", '
+            '"rsg_timm.plots", "rsg_timm.run_folder", "rsg_timm.zoo_authoring")))); '
             'print(_shipped_tags.cache_info().misses)')
     proc = subprocess.run([sys.executable, '-c', code], cwd=REPO_DIR, capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS='1'))

@@ -78,7 +78,7 @@ def test_model_head_and_rsg_settings(recipe):
     assert isinstance(model.fc, NormedLinear) and model.fc.out_features == len(COUNTS)
     rsg = model.rsg
     assert isinstance(rsg, RSG) and model.rsg_stage == 3 and (rsg.C, rsg.H, rsg.W) == (1024, 14, 14)
-    assert (rsg.n_center, rsg.contrastive_module_dim, rsg.strength) == (15, 256, 1.0)
+    assert (rsg.n_center, rsg.contrastive_module_dim, rsg.transfer_strength) == (15, 256, 1.0)
     assert rsg.epoch_thresh == official['thresh']
     assert (model.rsg_head_ratio, model.rsg_cesc_weight, model.rsg_mv_weight) == (0.2, 0.1, 0.01)
     assert model.rsg_head_classes == [0, 1]  # the 20 % most frequent classes

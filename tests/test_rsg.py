@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rsg_timm import RSG
-from rsg_timm.rsg import plan_mv_pairs
+from rsg_timm.rsg import num_head_classes, plan_mv_pairs
 
 from helpers import TESTDATA_DIR
 from rsg_reference import reference_rsg
@@ -239,3 +239,18 @@ def test_strength_above_one_is_refused_not_silently_one(strength):
         _make_rsg(strength=strength)
     with pytest.raises(ValueError, match=r'must lie in \(0, 1\]'):
         plan_mv_pairs(torch.arange(3), torch.arange(3, 10), strength)
+
+
+def test_generation_phase_starts_after_the_threshold():
+    """``generates`` is the one phase rule: the forward pass generates samples exactly when it says so."""
+    rsg = _make_rsg(thresh=5).train()
+    maps, target = torch.randn(6, 8, 4, 4), torch.tensor([0, 1, 2, 3, 4, 5])
+    assert [rsg.generates(epoch) for epoch in (0, 5, 6, 100)] == [False, False, True, True]
+    for epoch in (5, 6):
+        out = rsg(feature_maps=maps, target=target, epoch=epoch)
+        assert (out[0].shape[0] > 6) == rsg.generates(epoch)
+
+
+def test_head_class_count_truncates_like_the_official_code():
+    assert [num_head_classes(0.2, n) for n in (10, 7, 4, 100)] == [2, 1, 0, 20]
+    assert num_head_classes(0.25, 10) == 2 and num_head_classes(1.0, 3) == 3

@@ -8,8 +8,9 @@ import pytest
 import timm
 import torch
 
-from rsg_timm.models.pretrained import add_pretrained, load_pretrained_tags
+from rsg_timm.models.pretrained import load_pretrained_tags
 from rsg_timm.run_folder import TrainingRun, read_run
+from rsg_timm.zoo_authoring import add_pretrained
 
 from helpers import load_script, train_args
 
@@ -106,6 +107,19 @@ def test_page_says_why_a_group_is_empty(trained_run, forked_plain_run):
     page = ship.results_page(runs, histories, ship.TAGS, notes)
     rarest = runs['ldam_drw'].per_class['train_count'].min()
     assert f'No class has fewer than 20 training images (the rarest has {rarest}), so the few-shot group is empty' in page
+
+
+def test_page_picks_the_best_epoch_by_the_runs_eval_metric(trained_run, forked_plain_run):
+    """A run selected on --eval-metric loss has its best epoch at the lowest test loss, not the highest top-1."""
+    runs = {method: dataclasses.replace(read_run(run), args=dict(read_run(run).args, eval_metric='loss'))
+            for method, run in (('ldam_drw_rsg', trained_run.dir), ('ldam_drw', forked_plain_run))}
+    histories = {'ldam_drw_rsg': runs['ldam_drw_rsg'].summary,
+                 'ldam_drw': ship.forked_history(runs['ldam_drw'], runs['ldam_drw_rsg'])}
+    # epoch 0: lower top-1 but lower loss (the loss-best epoch); epoch 1: higher top-1 (the top-1-best epoch)
+    histories = {method: history.assign(eval_top1=[41.0, 52.0], eval_loss=[1.0, 2.0])
+                 for method, history in histories.items()}
+    page = ship.results_page(runs, histories, ship.TAGS, {method: ['', ''] for method in runs})
+    assert page.count('| 41.00 (0) |') == 2 and '52.00 (1)' not in page
 
 
 def test_shipped_zoo_card_numbers_agree_with_the_tags_and_its_own_table():

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from torchvision import transforms as T
 
 from ..constants import CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD
 
@@ -109,11 +108,10 @@ def default_mean_std(dataset_name: str) -> Tuple[Tuple[float, ...], Tuple[float,
 
 
 def build_transform(dataset_name: str, is_training: bool, data_config: Optional[Dict] = None) -> Callable:
-    """Per-image transform for a torch DataLoader.
-
-    CIFAR-family datasets get the CIFAR recipe on PIL images (RandomCrop(32, padding=4) + flip for training,
-    normalisation only for eval); the others get timm's ``create_transform`` (RandomResizedCrop + flip, plus
-    ColorJitter(0.4) for ImageNet-LT and iNaturalist, for training; resize + centre crop for eval).
+    """Per-image transform of a file-based dataset for a torch DataLoader: timm's ``create_transform``
+    (RandomResizedCrop + flip, plus ColorJitter(0.4) for ImageNet-LT and iNaturalist, for training; resize + centre
+    crop for eval). The in-memory datasets (``IN_MEMORY_DATASETS``) are augmented as whole batches by
+    :class:`CifarBatchTransform` instead.
 
     Args:
         dataset_name: a ``list_lt_datasets()`` name.
@@ -121,15 +119,13 @@ def build_transform(dataset_name: str, is_training: bool, data_config: Optional[
         data_config: timm's ``resolve_data_config`` output; its ``mean``/``std`` override the dataset's defaults and
             its ``input_size``, ``interpolation``, ``crop_pct`` and ``crop_mode`` drive the ImageNet-style transform.
     """
+    if dataset_name in IN_MEMORY_DATASETS:
+        raise ValueError(f'{dataset_name} is held in memory and augmented per batch: use CifarBatchTransform '
+                         f'(create_lt_loader does), not a per-image transform')
     data_config = data_config or {}
     default_mean, default_std = default_mean_std(dataset_name)
     mean = tuple(data_config.get('mean', default_mean))
     std = tuple(data_config.get('std', default_std))
-    if dataset_name in IN_MEMORY_DATASETS:
-        tail = [T.ToTensor(), T.Normalize(mean, std)]
-        if not is_training:
-            return T.Compose(tail)
-        return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] + tail)
     return create_transform(
         input_size=data_config.get('input_size', (3, 224, 224)),
         is_training=is_training,

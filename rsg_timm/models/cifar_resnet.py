@@ -9,8 +9,6 @@ renamed (``linear`` there, ``fc`` here, as in timm). ``use_norm=True`` gives LDA
 
 timm has no CIFAR ResNet, and its ``ResNet`` class cannot express a stride-1 stem with three stages, hence this
 small class that follows timm's model interface instead.
-
-Hacked together for rsg_timm; Apache-2.0.
 """
 from typing import Any, Dict, List, Optional, Tuple, Type, Union
 

@@ -23,8 +23,6 @@ loads the backbone's timm weights (RSG starts fresh): every timm tag of the back
 too (``rsg_resnet152.tv_in1k``), with the same default; and RSG is registered after the head so that ``features_only``
 gives the backbone's features. ``model(x)`` returns logits (eval, validation, export and every timm tool see the
 backbone); ``model(x, target=y)`` in train mode returns an :class:`RSGOutput`.
-
-Hacked together for rsg_timm; Apache-2.0.
 """
 import logging
 import math
@@ -47,7 +45,7 @@ from timm.models.resnetv2 import ResNetV2
 from timm.utils import unwrap_model
 
 from ..compat import entrypoint_model_class, regnet_filter_fn, switch_class
-from ..rsg import RSG
+from ..rsg import RSG, num_head_classes
 from .cifar_resnet import CifarResNet, NormedLinear, checkpoint_filter_fn
 from .pretrained import zoo_tag_names
 from .state_dict import check_state_dict_fits, fill_fresh_rsg, unwrap_checkpoint
@@ -133,7 +131,7 @@ class RSGMixin:
         model.backbone_kwargs = dict(kwargs)
         model.rsg_init = rsg_init
         model._init_rsg(
-            stage=rsg_stage, n_center=rsg_n_center, contrastive_dim=rsg_contrastive_dim, strength=rsg_strength,
+            stage=rsg_stage, n_center=rsg_n_center, contrastive_dim=rsg_contrastive_dim, transfer_strength=rsg_strength,
             epoch_thresh=rsg_epoch_thresh, head_ratio=rsg_head_ratio, cesc_weight=rsg_cesc_weight,
             mv_weight=rsg_mv_weight)
         return model
@@ -143,7 +141,7 @@ class RSGMixin:
             stage: int,
             n_center: int,
             contrastive_dim: int,
-            strength: float,
+            transfer_strength: float,
             epoch_thresh: int,
             head_ratio: float,
             cesc_weight: float,
@@ -171,7 +169,7 @@ class RSGMixin:
         self._rsg_later_stages = tuple(stage_names[stage_names.index(info['module']) + 1:])
         self._rsg_args = dict(
             n_center=n_center, feature_maps_shape=feature_shape, contrastive_module_dim=contrastive_dim,
-            transfer_strength=strength, epoch_thresh=epoch_thresh)
+            transfer_strength=transfer_strength, epoch_thresh=epoch_thresh)
         self._rsg_head_warned = False
         self.rsg = self._create_rsg_module()  # registered after the head: FeatureListNet stops before it
 
@@ -181,13 +179,17 @@ class RSGMixin:
 
     def _create_rsg_module(self) -> RSG:
         """A fresh RSG for the current classes; head classes follow the official rule until class counts arrive."""
-        num_head = int(self.rsg_head_ratio * self.num_classes)
         rsg = RSG(
-            num_classes=self.num_classes, head_class_lists=list(range(num_head)), **self._rsg_args,
+            num_classes=self.num_classes, head_class_lists=list(range(self.rsg_num_head_classes)), **self._rsg_args,
             **get_device_dtype(self))
         if self.rsg_init == 'backbone':
             _init_like_official_resnet(rsg)
         return rsg
+
+    @property
+    def rsg_num_head_classes(self) -> int:
+        """How many classes are head classes (:func:`rsg_timm.rsg.num_head_classes` of ``rsg_head_ratio``)."""
+        return num_head_classes(self.rsg_head_ratio, self.num_classes)
 
     @property
     def rsg_head_classes(self) -> List[int]:
@@ -199,7 +201,7 @@ class RSGMixin:
         self.rsg_epoch = int(epoch)
 
     def set_class_counts(self, class_counts: Sequence[int]) -> List[int]:
-        """Make the ``int(rsg_head_ratio * num_classes)`` most frequent classes the head (ties: lower id first).
+        """Make the :attr:`rsg_num_head_classes` most frequent classes the head (ties: lower id first).
 
         Args:
             class_counts: training images per class, ``[num_classes]``.
@@ -212,8 +214,7 @@ class RSGMixin:
             raise ValueError(
                 f'class_counts has {len(counts)} entries but the model has {self.num_classes} classes; '
                 f'pass the training set counts of the same classes (or create the model with that num_classes)')
-        num_head = int(self.rsg_head_ratio * self.num_classes)
-        head = sorted(sorted(range(len(counts)), key=lambda i: (-counts[i], i))[:num_head])
+        head = sorted(sorted(range(len(counts)), key=lambda i: (-counts[i], i))[:self.rsg_num_head_classes])
         self.rsg.set_head_classes(head)
         self.rsg_class_counts = counts
         return head
@@ -241,7 +242,7 @@ class RSGMixin:
         if self.rsg_class_counts is None and not self._rsg_head_warned:
             warnings.warn(
                 f'{self.pretrained_cfg["architecture"]}: no class counts set, so classes 0..'
-                f'{int(self.rsg_head_ratio * self.num_classes) - 1} are the head classes (the official rule, right '
+                f'{self.rsg_num_head_classes - 1} are the head classes (the official rule, right '
                 f'only when classes are sorted by size). Call model.set_class_counts(train_class_counts).',
                 stacklevel=2)
             self._rsg_head_warned = True

@@ -5,8 +5,6 @@ The official RSG scripts name the classifier ``linear`` (CIFAR) or ``fc_`` (the 
 iNaturalist cosine heads) where timm has ``fc``. A head stored with a bias is an ``nn.Linear`` (``[out, in]``, as
 timm's); one without is LDAM's ``NormedLinear``, whose weight is stored ``[in, out]`` and becomes a cosine head
 ``[out, in]`` here (:func:`find_official_head` tells a loader which head to build).
-
-Hacked together for rsg_timm; Apache-2.0.
 """
 from typing import Any, Dict, NamedTuple, Optional
 
