@@ -19,13 +19,12 @@ from .hub_repo_id import check_repo_id
 from .metrics import SHOT_GROUPS
 from .models.pretrained import PRETRAINED_DIR, TAG_PATTERN, TAGS_FILE, Tags, load_pretrained_tags
 from .run_folder import read_run
+from .train_flags import published_args
 
 __all__ = ['add_pretrained', 'remove_pretrained', 'accuracy_note']
 
 _logger = logging.getLogger(__name__)
 
-# The training arguments that say what the logits mean and which data they were fitted to (validate.py reads them).
-_TRAIN_ARG_KEYS = ('dataset', 'imb_type', 'imb_factor', 'imb_select', 'loss', 'ldam_s', 'reweight')
 # The data config of an export's config.json that a tag carries over.
 _DATA_CFG_KEYS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
 
@@ -127,8 +126,8 @@ def add_pretrained(
     if config.get('class_counts'):
         entry['class_counts'] = config['class_counts']
     if (run_dir / 'args.yaml').is_file():
-        run_args = read_run(run_dir).args
-        entry['train_args'] = {k: run_args[k] for k in _TRAIN_ARG_KEYS if k in run_args}
+        # the published recipe: validate.py reads the data it was fitted to and the logit scale from it
+        entry['train_args'] = published_args(read_run(run_dir).args)
     entry['notes'] = [*(_run_notes(run_dir) if run_notes else []), *notes]
     entry = {k: v for k, v in entry.items() if v is not None}
 

@@ -198,6 +198,9 @@ def test_add_pretrained_then_load_the_tag(run_dir, tmp_path):
     assert entry['num_classes'] == 10 and entry['model_args']['use_norm'] is True and entry['hf_hub_id'] == 'me/zoo'
     assert entry['notes'][0].startswith('top-1 ') and 'best-on-test' in entry['notes'][0]
     assert entry['notes'][-1] == 'a note' and entry['label_names'][0] == 'c0'
+    recipe = entry['train_args']  # the published recipe: what validate.py reads back, and no path of this machine
+    assert recipe['dataset'] == 'demo' and recipe['loss'] == 'ldam' and recipe['rsg_epoch_thresh'] == 0
+    assert not {'data_dir', 'output', 'device', 'workers'} & set(recipe)
 
     # what create_model('cifar_resnet32.zoo_test', pretrained=True) does once the tag is in the shipped table
     kwargs = resolve_zoo_tag('cifar_resnet32', {'pretrained_cfg': 'zoo_test'}, tags=tags, pretrained_dir=tmp_path)
