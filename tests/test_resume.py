@@ -80,8 +80,8 @@ def test_a_run_on_image_files_resumes_as_the_straight_run(workers, tiny_folder, 
     workers, in each worker's seeded generators with them."""
     argv = ['--dataset', 'folder_lt', '--data-dir', tiny_folder, '--val-split', 'val', '-b', '8', '--workers',
             str(workers), '--warmup-epochs', '0', '--lr', '0.05', *DROPOUT]
-    straight = _straight(argv, tmp_path / 'straight' / 'run', 3)
-    _resume_copy(straight, tmp_path / 'run', 1, '--workers', str(workers))  # this machine's: not restored
+    straight = _straight(argv, tmp_path / 'straight' / 'run', 2)
+    _resume_copy(straight, tmp_path / 'run', 0, '--workers', str(workers))  # this machine's: not restored
     _assert_same_weights(tmp_path / 'run', straight)
 
 
