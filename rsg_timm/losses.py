@@ -11,7 +11,6 @@ probabilities ``[B, C]``, and accept a per-class ``weight`` that a schedule may 
 
 Schedules: ``none``, ``cb`` (class-balanced "effective number" weights, Cui et al., CVPR 2019) and
 ``drw`` (deferred re-weighting: uniform, then class-balanced from ``drw_epoch``; Cao et al.).
-The definitions follow ``docs/reference/peers-features.md`` sections 3.4 to 3.7.
 
 Every loss computes in float32 whatever the autocast dtype, and moves its per-class tensors to the
 logits' device on first use, so it runs on any device without host syncs.

@@ -1,4 +1,4 @@
-"""Loss and re-weighting registry: reference vectors (peers-features.md 3.4-3.7) and hand-computed losses."""
+"""Loss and re-weighting registry: reference vectors (the papers' definitions) and hand-computed losses."""
 import argparse
 import math
 import os

@@ -49,7 +49,7 @@ def test_accuracy_topk_and_k_above_num_classes():
 def test_shot_split_thresholds():
     assert shot_split([101, 100, 20, 19, 5000, 1]) == {'many': [0, 4], 'medium': [1, 2], 'few': [3, 5]}
     sizes = {k: len(v) for k, v in shot_split([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]).items()}
-    assert sizes == {'many': 8, 'medium': 2, 'few': 0}  # CIFAR-10-LT rho=100, peers-features 3.1
+    assert sizes == {'many': 8, 'medium': 2, 'few': 0}  # CIFAR-10-LT rho=100 (LDAM-DRW's profile)
 
 
 def test_shot_accuracy_unweighted_mean_and_empty_group():

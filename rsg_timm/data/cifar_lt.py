@@ -1,9 +1,9 @@
 """CIFAR-10-LT and CIFAR-100-LT, and the in-memory dataset class they (and the demo set) share.
 
-The long-tailed training sets follow LDAM-DRW's builder (``docs/reference/peers-features.md`` §3.2): an exp or step
+The long-tailed training sets follow LDAM-DRW's builder (Cao et al., NeurIPS 2019, ``imbalance_cifar.py``): an exp or step
 profile over the original label order, cut either with the RSG code's ``first`` rule or LDAM-DRW's seeded
 ``shuffle``. The test split is the untouched balanced CIFAR test set. Two on-disk layouts are read: the npz files of
-``shared/data`` (``cifar10_train.npz`` with ``images`` uint8 [N, 32, 32, 3], ``labels`` and optionally ``classes``)
+a local CIFAR copy (``cifar10_train.npz`` with ``images`` uint8 [N, 32, 32, 3], ``labels`` and optionally ``classes``)
 and torchvision's ``cifar-10-batches-py`` / ``cifar-100-python`` folders. Arrays are checked when they are read, so a
 bad file fails before training, naming the file.
 """

@@ -6,7 +6,7 @@ many-, medium- and few-shot classes (exp profile, n_max = 300, rho = 30: 300 ...
 
 Rebuild it from the CIFAR-10 npz files with::
 
-    python -m rsg_timm.data.demo --build --source ../shared/data
+    python -m rsg_timm.data.demo --build --source DIR_WITH_CIFAR10_NPZ
 """
 import argparse
 import logging

@@ -1,7 +1,7 @@
 """Long-tailed class profiles and the image selection that realises them.
 
 The profile rule is the one LDAM-DRW's ``imbalance_cifar.py`` introduced and RSG, RIDE, MiSLAS, PaCo and BBN reuse
-(see ``docs/reference/peers-features.md`` §3.2); the counts are what every published CIFAR-LT number was trained on.
+(Cao et al., NeurIPS 2019); the counts are what every published CIFAR-LT number was trained on.
 """
 import logging
 from typing import List, Sequence

@@ -1,6 +1,6 @@
 """Image-file long-tailed datasets: the ImageNet-LT / Places-LT / iNaturalist 2018 list files, and ``folder_lt``.
 
-The list files are the Decoupling / OLTR ones (``docs/reference/peers-features.md`` §3.3), one ``relative/path label``
+The list files are the Decoupling / OLTR ones (Kang et al., ICLR 2020; Liu et al., CVPR 2019), one ``relative/path label``
 per line, paths relative to the image root given as ``--data-dir``; every peer trains on them verbatim. Every image
 file is checked to exist and be non-empty when the dataset is built; images are opened with PIL only when an item is
 read (an unreadable one is an error naming the file), or all up front with :meth:`FileLTDataset.check_images`.

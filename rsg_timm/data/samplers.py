@@ -2,7 +2,7 @@
 
 Class j is drawn with probability p_j = n_j^q / sum_i n_i^q (q = 1 instance-balanced, 0 class-balanced, 1/2
 square-root) and progressive sampling moves linearly from instance- to class-balanced, p(t) = (1 - t/T) p_IB +
-(t/T) p_CB (``docs/reference/peers-features.md`` §3.8). A draw picks a sample with probability p_{y} / n_{y}, i.e.
+(t/T) p_CB (Kang et al., ICLR 2020). A draw picks a sample with probability p_{y} / n_{y}, i.e.
 a class by p and then an image of it uniformly, with replacement.
 
 Every sampler makes ONE global draw per epoch from a generator seeded with ``seed + epoch``, so all ranks compute
