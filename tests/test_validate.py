@@ -117,6 +117,19 @@ def test_a_model_without_class_counts_is_grouped_by_the_profile_its_run_recorded
     assert 'from the demo profile' not in caplog.text
 
 
+def test_an_unrecorded_profile_flag_takes_train_pys_default():
+    """A record without --imb-factor / --imb-select (or of another dataset) means train.py's defaults were used."""
+    import argparse
+    from rsg_timm.train_flags import build_train_parser
+    defaults = build_train_parser()
+    for record in ({'dataset': 'cifar10_lt', 'imb_type': 'exp'}, {'dataset': 'cifar100_lt', 'imb_factor': 0.1}):
+        args = argparse.Namespace(model='m', dataset='cifar10_lt', data_dir=None, imb_type=None, imb_factor=None,
+                                  imb_select=None)
+        validate_script._resolve_dataset(args, record)
+        assert args.imb_factor == defaults.get_default('imb_factor') and args.imb_factor is not None
+        assert args.imb_select == defaults.get_default('imb_select') and args.imb_select is not None
+
+
 def test_has_nonlinear_classifier():
     import timm
     assert has_nonlinear_classifier(timm.create_model('cifar_resnet20', use_norm=True))
