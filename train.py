@@ -42,13 +42,11 @@ from rsg_timm.recipes import EPOCH_SWITCHES, create_lr_scheduler, create_recipe_
     rescale_schedule, resolve_recipe
 from rsg_timm.resume import ResumedRun, fork_run
 from rsg_timm.run_folder import append_summary, create_run_dir, lock_run_dir, new_run_dir, truncate_summary
-from rsg_timm.train_flags import build_train_parser, restored_on_resume, train_flags
+from rsg_timm.train_flags import build_config_parser, build_train_parser, restored_on_resume, train_flags
 
 _logger = logging.getLogger('train')
 
-config_parser = argparse.ArgumentParser(description='Training config', add_help=False)
-config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                           help='YAML file whose keys are argument names (explicit flags win)')
+config_parser = build_config_parser()
 
 
 def _command_line_names(remaining) -> set:

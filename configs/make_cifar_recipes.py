@@ -10,13 +10,12 @@ centres, width 256, strength 1, head = the 20% largest classes, generation after
 (``first``). Run ``python configs/make_cifar_recipes.py`` after changing it (or the rsg_* models' defaults, which
 it copies).
 """
-import inspect
 import os
 import sys
 
 import yaml
 
-from rsg_timm.models import RSGMixin
+from rsg_timm.models import rsg_model_defaults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOSSES = {
@@ -30,8 +29,7 @@ COMMON = dict(
     decay_rate=0.01,
 )
 # The rsg_* models' defaults are the paper's CIFAR settings; the stage and the generation switch are the recipe's.
-_MODEL_DEFAULTS = {name: p.default for name, p in inspect.signature(RSGMixin.from_backbone).parameters.items()
-                   if name.startswith('rsg_') and p.default is not inspect.Parameter.empty and name != 'rsg_init'}
+_MODEL_DEFAULTS = rsg_model_defaults()
 RSG = dict(rsg_stage=2, rsg_n_center=_MODEL_DEFAULTS['rsg_n_center'],
            rsg_contrastive_dim=_MODEL_DEFAULTS['rsg_contrastive_dim'], rsg_strength=_MODEL_DEFAULTS['rsg_strength'],
            rsg_epoch_thresh=159, rsg_head_ratio=_MODEL_DEFAULTS['rsg_head_ratio'],

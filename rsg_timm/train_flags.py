@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import enum
 import functools
-import inspect
 from typing import Any, Dict, Mapping, Tuple
 
 import torch
@@ -25,9 +24,9 @@ from timm.utils import ParseKwargs
 
 from .data import list_lt_datasets, list_samplers
 from .losses import LDAM_DEFAULT_S, list_losses, list_reweights
-from .models.rsg_model import RSGMixin
+from .models import rsg_model_defaults
 
-__all__ = ['FlagKind', 'Flag', 'build_train_parser', 'train_flags', 'flag_names', 'restored_on_resume',
+__all__ = ['FlagKind', 'Flag', 'build_config_parser', 'build_train_parser', 'train_flags', 'flag_names', 'restored_on_resume',
            'published_args', 'RSG_FLAGS']
 
 
@@ -46,8 +45,7 @@ class Flag:
 
 RECIPE, RSG, RUN, MACHINE = FlagKind.RECIPE, FlagKind.RSG, FlagKind.RUN, FlagKind.MACHINE
 # The defaults an rsg_* model gives its RSG module, quoted in the help of the flags that override them.
-_RSG_DEFAULTS = {name: p.default for name, p in inspect.signature(RSGMixin.from_backbone).parameters.items()
-                 if p.default is not inspect.Parameter.empty}
+_RSG_DEFAULTS = rsg_model_defaults()
 
 
 class _Declarations:
@@ -223,11 +221,22 @@ def _declare(flag: _Declarations) -> None:
     flag('--no-progress', kind=MACHINE, action='store_true', help='log lines instead of a progress bar')
 
 
+def _add_config_flag(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument('-c', '--config', default=default, metavar='FILE',
+                        help='YAML file whose keys are argument names (explicit flags win)')
+
+
+def build_config_parser() -> argparse.ArgumentParser:
+    """The parser train.py reads ``--config`` with first, so that the file's keys become the defaults of the rest."""
+    parser = argparse.ArgumentParser(description='Training config', add_help=False)
+    _add_config_flag(parser, '')
+    return parser
+
+
 def _declared(suppress_defaults: bool) -> _Declarations:
     parser = argparse.ArgumentParser(description='rsg_timm long-tailed training')
-    # shown by --help; train.py reads --config with a parser of its own first, and it is never stored with a run
-    parser.add_argument('-c', '--config', default=argparse.SUPPRESS if suppress_defaults else '', metavar='FILE',
-                        help='YAML file whose keys are argument names (explicit flags win)')
+    # shown by --help; it is never stored with a run
+    _add_config_flag(parser, argparse.SUPPRESS if suppress_defaults else '')
     flags = _Declarations(parser, suppress_defaults)
     _declare(flags)
     return flags

@@ -6,7 +6,7 @@ from .state_dict import CheckpointError, OfficialHead, check_state_dict_fits, fi
     unwrap_checkpoint
 from .cifar_resnet import BasicBlock, CifarResNet, NormedLinear, checkpoint_filter_fn
 from .rsg_model import RSGCifarResNet, RSGMixin, RSGOutput, RSGResNet, backbone_arch, backbone_stage_names, \
-    check_rsg_family, is_rsg_model
+    check_rsg_family, is_rsg_model, rsg_model_defaults
 from .classifier import COSINE_CLASSIFIER_KEY, CosineHead, arch_cosine_head, cosine_to_linear, create_cosine_model, \
     has_cosine_classifier, linear_to_cosine, model_cosine_head, set_cosine_classifier, supports_cosine_classifier
 

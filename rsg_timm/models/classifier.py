@@ -63,9 +63,7 @@ def arch_cosine_head(model_name: str) -> Optional[CosineHead]:
 
 def model_cosine_head(model: nn.Module) -> Optional[CosineHead]:
     """How the cosine head of ``model`` (plain or ``rsg_*``) is rebuilt; ``None`` when its classifier is not one."""
-    if not isinstance(model.get_classifier(), NormedLinear):
-        return None
-    return _cosine_head_of_class(type(model))
+    return _cosine_head_of_class(type(model)) if has_cosine_classifier(model) else None
 
 
 def supports_cosine_classifier(model_name: str) -> bool:

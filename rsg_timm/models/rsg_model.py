@@ -24,6 +24,7 @@ too (``rsg_resnet152.tv_in1k``), with the same default; and RSG is registered af
 gives the backbone's features. ``model(x)`` returns logits (eval, validation, export and every timm tool see the
 backbone); ``model(x, target=y)`` in train mode returns an :class:`RSGOutput`.
 """
+import inspect
 import logging
 import math
 import warnings
@@ -52,7 +53,7 @@ from .state_dict import check_state_dict_fits, fill_fresh_rsg, unwrap_checkpoint
 
 __all__ = [
     'RSGOutput', 'RSGMixin', 'RSGResNet', 'RSGCifarResNet', 'RSGConvNeXt', 'RSGRegNet', 'RSGEfficientNet',
-    'RSGMobileNetV3', 'RSGResNetV2', 'backbone_arch', 'backbone_stage_names',
+    'RSGMobileNetV3', 'RSGResNetV2', 'backbone_arch', 'backbone_stage_names', 'rsg_model_defaults',
 ]  # register_model adds each rsg_* entrypoint
 
 _logger = logging.getLogger(__name__)
@@ -271,6 +272,13 @@ class RSGMixin:
         if target is None or not self.training or isinstance(target, torch.fx.Proxy):
             return super().forward(x)
         return self._forward_rsg(x, target)
+
+
+def rsg_model_defaults() -> Dict[str, Any]:
+    """The RSG settings an ``rsg_*`` model takes when its kwargs leave them out (the paper's CIFAR settings); the
+    stage and the generation threshold have per-family defaults instead."""
+    return {name: p.default for name, p in inspect.signature(RSGMixin.from_backbone).parameters.items()
+            if name.startswith('rsg_') and p.default is not inspect.Parameter.empty}
 
 
 def backbone_stage_names(model: nn.Module) -> Optional[List[str]]:
